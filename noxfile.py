@@ -1,0 +1,49 @@
+"""Reproduce everything: `nox -s bench parity docs` (main job) and `nox -s tests`."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests"]
+
+PYTHON = "3.11"
+
+
+def _install(session: nox.Session, extras: str) -> None:
+    session.install("-e", f".[{extras}]")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Unit, parity and compile tests on CPU (tiny checkpoints built with HF's own classes)."""
+    _install(session, "dev")
+    session.run("pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check and format check."""
+    session.install("ruff")
+    session.run("ruff", "check", "src", "tests", "experiments", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "experiments", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def parity(session: nox.Session) -> None:
+    """FMS vs HF parity per stage, dtype and config; writes results/parity.{json,md}."""
+    _install(session, "dev")
+    session.run("python", "experiments/parity.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Graph-break census and latency benchmarks (pending: see the compile and latency issues)."""
+    _install(session, "dev")
+    session.log("bench: graph-break census and latency experiments are pending; nothing run yet")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the MkDocs site (pending: see the docs issue)."""
+    session.log("docs: the MkDocs site is pending; nothing built yet")
