@@ -1,0 +1,184 @@
+"""Conformer CTC speech encoder of Granite Speech, with exact per-clip length masking.
+
+Block-local self-attention with Shaw relative positions, a depthwise-conv module and two
+half-step feed-forwards per block; after the middle block the CTC head's softmax is fed back
+(self-conditioning). Unlike the Hugging Face reference, every op that mixes frames is masked
+by the clip's own length, so a padded batch gives each clip the result it gets alone.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fms.modules.feedforward import FeedForwardBlock
+from fms.utils.config import ModelConfig
+
+
+@dataclass
+class ConformerConfig(ModelConfig):
+    """Defaults are the encoder of granite-speech-3.3-2b / -8b."""
+
+    input_dim: int = 160
+    emb_dim: int = 1024
+    nlayers: int = 16
+    nheads: int = 8
+    head_dim: int = 128
+    output_dim: int = 256
+    context_size: int = 200
+    max_pos_emb: int = 512
+    conv_kernel_size: int = 15
+    conv_expansion_factor: int = 2
+    hidden_grow_factor: float = 4.0
+    norm_eps: float = 1e-5
+
+
+class ConformerFeedForward(nn.Module):
+    """Pre-norm SiLU MLP (used as a half step: the block scales its output by 0.5)."""
+
+    def __init__(self, config: ConformerConfig):
+        super().__init__()
+        self.ln = nn.LayerNorm(config.emb_dim, eps=config.norm_eps)
+        self.mlp = FeedForwardBlock(
+            config.emb_dim,
+            hidden_grow_factor=config.hidden_grow_factor,
+            activation_fn=nn.SiLU(),
+            p_dropout=0.0,
+            use_bias=True,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.ln(x))
+
+
+class ConformerAttention(nn.Module):
+    """Self-attention within blocks of `context_size` frames, Shaw relative-position bias."""
+
+    def __init__(self, config: ConformerConfig):
+        super().__init__()
+        if not 0 < config.context_size <= config.max_pos_emb:
+            raise ValueError(
+                f"context_size ({config.context_size}) must be in (0, max_pos_emb "
+                f"({config.max_pos_emb})]"
+            )
+        inner = config.nheads * config.head_dim
+        self.nheads = config.nheads
+        self.head_dim = config.head_dim
+        self.context_size = config.context_size
+        self.scale = config.head_dim**-0.5
+        self.ln = nn.LayerNorm(config.emb_dim, eps=config.norm_eps)
+        self.query = nn.Linear(config.emb_dim, inner, bias=False)
+        self.key_value = nn.Linear(config.emb_dim, 2 * inner, bias=False)
+        self.dense = nn.Linear(inner, config.emb_dim)
+        self.rel_pos_emb = nn.Embedding(2 * config.max_pos_emb + 1, config.head_dim)
+
+    def forward(
+        self, x: torch.Tensor, frame_mask: torch.Tensor, attention_dists: torch.Tensor
+    ) -> torch.Tensor:
+        """x: (B, T, D); frame_mask: (B, T) True on valid frames; attention_dists: (C, C)."""
+        x = self.ln(x)
+        bsz, nframes, _ = x.shape
+        ctx = self.context_size
+        # Shapes are Python ints: under torch.compile they specialise per padded length
+        # (or stay symbolic with dynamic shapes), never per clip length.
+        nblocks = math.ceil(nframes / ctx)
+        pad = nblocks * ctx - nframes
+        x = F.pad(x, (0, 0, 0, pad))
+        key_valid = F.pad(frame_mask, (0, pad), value=False).view(bsz * nblocks, 1, 1, ctx)
+
+        q = self.query(x).view(bsz * nblocks, ctx, self.nheads, self.head_dim).transpose(1, 2)
+        k, v = self.key_value(x).chunk(2, dim=-1)
+        k = k.reshape(bsz * nblocks, ctx, self.nheads, self.head_dim).transpose(1, 2)
+        v = v.reshape(bsz * nblocks, ctx, self.nheads, self.head_dim).transpose(1, 2)
+
+        rel = self.rel_pos_emb(attention_dists)  # (C, C, head_dim)
+        bias = torch.einsum("bhcd,crd->bhcr", q, rel) * self.scale
+        # Key-padding mask from each clip's length. For a single clip this masks exactly what
+        # the reference masks for the valid query rows; padded query rows are discarded.
+        bias = bias.masked_fill(~key_valid, -torch.finfo(bias.dtype).max)
+        # MATH backend: the reference's numerics (it upcasts bf16 internally).
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        out = out.transpose(1, 2).reshape(bsz, nblocks * ctx, -1)[:, :nframes]
+        return self.dense(out)
+
+
+class ConformerConvModule(nn.Module):
+    """Pointwise conv + GLU, depthwise conv, BatchNorm (inference statistics), SiLU, pointwise."""
+
+    def __init__(self, config: ConformerConfig):
+        super().__init__()
+        inner = config.emb_dim * config.conv_expansion_factor
+        kernel = config.conv_kernel_size
+        self.padding = (kernel // 2, kernel // 2 - (kernel + 1) % 2)
+        self.ln = nn.LayerNorm(config.emb_dim, eps=config.norm_eps)
+        self.up_conv = nn.Conv1d(config.emb_dim, 2 * inner, 1)
+        self.depth_conv = nn.Conv1d(inner, inner, kernel, groups=inner, bias=False)
+        self.batch_norm = nn.BatchNorm1d(inner)
+        self.down_conv = nn.Conv1d(inner, config.emb_dim, 1)
+
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        x = self.ln(x).transpose(1, 2)
+        x = F.glu(self.up_conv(x), dim=1)
+        # Zero padded frames so the depthwise conv sees what a lone clip sees: zero padding.
+        x = x * frame_mask.unsqueeze(1).to(x.dtype)
+        x = self.depth_conv(F.pad(x, self.padding))
+        bn = self.batch_norm
+        # Always running statistics: the model is inference-only, whatever its train() flag.
+        x = F.batch_norm(
+            x, bn.running_mean, bn.running_var, bn.weight, bn.bias, training=False, eps=bn.eps
+        )
+        return self.down_conv(F.silu(x)).transpose(1, 2)
+
+
+class ConformerBlock(nn.Module):
+    def __init__(self, config: ConformerConfig):
+        super().__init__()
+        self.ff1 = ConformerFeedForward(config)
+        self.attn = ConformerAttention(config)
+        self.conv = ConformerConvModule(config)
+        self.ff2 = ConformerFeedForward(config)
+        self.post_ln = nn.LayerNorm(config.emb_dim, eps=config.norm_eps)
+
+    def forward(
+        self, x: torch.Tensor, frame_mask: torch.Tensor, attention_dists: torch.Tensor
+    ) -> torch.Tensor:
+        x = 0.5 * self.ff1(x) + x
+        x = self.attn(x, frame_mask, attention_dists) + x
+        x = self.conv(x, frame_mask) + x
+        x = 0.5 * self.ff2(x) + x
+        return self.post_ln(x)
+
+
+class ConformerEncoder(nn.Module):
+    """(B, T, input_dim) features + (B, T) frame mask -> (B, T, emb_dim); padded rows are zero."""
+
+    def __init__(self, config: ConformerConfig):
+        super().__init__()
+        self.config = config
+        self.input_linear = nn.Linear(config.input_dim, config.emb_dim)
+        self.layers = nn.ModuleList([ConformerBlock(config) for _ in range(config.nlayers)])
+        self.out = nn.Linear(config.emb_dim, config.output_dim)
+        self.out_mid = nn.Linear(config.output_dim, config.emb_dim)
+        self.register_buffer("attention_dists", self._attention_dists(), persistent=False)
+
+    def _attention_dists(self, device: torch.device | None = None) -> torch.Tensor:
+        ctx = self.config.context_size
+        pos = torch.arange(ctx, device=device)
+        dists = (pos.view(-1, 1) - pos.view(1, -1)).clamp(-ctx, ctx)
+        return dists + self.config.max_pos_emb
+
+    def post_init(self) -> None:
+        """Rebuild the non-persistent buffer after meta-device construction."""
+        self.attention_dists = self._attention_dists(self.input_linear.weight.device)
+
+    def forward(self, features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        x = self.input_linear(features)
+        mid = len(self.layers) // 2
+        for i, layer in enumerate(self.layers, start=1):
+            x = layer(x, frame_mask, self.attention_dists)
+            if i == mid:
+                x = x + self.out_mid(torch.softmax(self.out(x), dim=-1))
+        # Zeroed so the projector's windows see zero padding, as for a lone clip.
+        return x * frame_mask.unsqueeze(-1).to(x.dtype)

@@ -1,0 +1,487 @@
+"""Granite Speech in FMS: conformer encoder -> Q-Former projector -> merge -> Granite LLM.
+
+Follows FMS's multimodal convention (`llava_next.py`): `forward` runs the LLM on token ids or
+embeddings; `prepare_inputs_for_generation` runs encoder, projector and merge at iteration 0
+and returns embeddings at every iteration, for `fms.utils.generation.generate`.
+
+Logits follow FMS's Granite convention: divided by `logits_scaling`. Hugging Face's
+`GraniteSpeechForConditionalGeneration` (transformers 5.x) does not divide, so its logits are
+exactly `logits_scaling` times ours; greedy tokens are the same, log-probs are not.
+"""
+
+import functools
+import json
+import logging
+import re
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+from fms import models
+from fms.distributed.strategy import DistributedStrategy, NoOpStrategy
+from fms.models.granite import Granite, GraniteConfig
+from fms.utils import serialization
+from fms.utils.config import ModelConfig
+
+from granite_fms.conformer import ConformerConfig, ConformerEncoder
+from granite_fms.lora import LoRAFusedQKV, add_lora
+from granite_fms.qformer import QFormerConfig, QFormerProjector
+
+logger = logging.getLogger(__name__)
+
+AdapterMode = Literal["auto", "on", "off"]
+
+
+def _granite_3_3_text(emb_dim: int, hidden: int, attention_multiplier: float, logits: float):
+    return GraniteConfig(
+        src_vocab_size=49160,
+        emb_dim=emb_dim,
+        norm_eps=1e-5,
+        nheads=32,
+        head_dim=emb_dim // 32,
+        kvheads=8,
+        nlayers=40,
+        hidden_grow_factor=hidden / emb_dim,
+        multiple_of=1,
+        max_expected_seq_len=131072,
+        rope_theta=1e7,
+        pad_id=0,
+        tie_heads=True,
+        embedding_multiplier=12.0,
+        residual_multiplier=0.22,
+        attention_multiplier=attention_multiplier,
+        logits_scaling=logits,
+    )
+
+
+@dataclass
+class GraniteSpeechConfig(ModelConfig):
+    """Defaults are granite-speech-3.3-2b (revision 3.3.2)."""
+
+    encoder_config: ConformerConfig = field(default_factory=ConformerConfig)
+    projector_config: QFormerConfig = field(default_factory=QFormerConfig)
+    text_config: GraniteConfig = field(
+        default_factory=lambda: _granite_3_3_text(2048, 8192, 1 / 64, 8.0)
+    )
+    audio_token_index: int = 49159
+    lora_rank: int = 64  # 0: no adapter
+    lora_alpha: float = 32.0
+    fused_weights: bool = True
+
+    def __post_init__(self):
+        # Configs round-tripped through JSON or `as_dict()` arrive as plain dicts.
+        for name, cls in (
+            ("encoder_config", ConformerConfig),
+            ("projector_config", QFormerConfig),
+            ("text_config", GraniteConfig),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, cls(**value))
+
+    @property
+    def lora_scale(self) -> float:
+        return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
+
+
+class GraniteSpeech(nn.Module):
+    """Speech-aware Granite LLM. Audio enters through `input_features` (B, T, 160) and a
+    (B, T) boolean `input_features_mask` of valid encoder frames; each clip's projected
+    embeddings replace its `<|audio|>` placeholders, in row-major order as in the reference."""
+
+    def __init__(
+        self,
+        config: GraniteSpeechConfig | None = None,
+        distributed_strategy: DistributedStrategy = NoOpStrategy,
+        **kwargs,
+    ):
+        super().__init__()
+        self.config = (config or GraniteSpeechConfig()).updated(**kwargs)
+        cfg = self.config
+        if not cfg.fused_weights:
+            raise ValueError("GraniteSpeech needs fused_weights=True (its LoRA wraps fused QKV)")
+        if cfg.projector_config.llm_dim != cfg.text_config.emb_dim:
+            raise ValueError(
+                f"projector_config.llm_dim ({cfg.projector_config.llm_dim}) must equal "
+                f"text_config.emb_dim ({cfg.text_config.emb_dim})"
+            )
+        if cfg.projector_config.encoder_dim != cfg.encoder_config.emb_dim:
+            raise ValueError(
+                f"projector_config.encoder_dim ({cfg.projector_config.encoder_dim}) must equal "
+                f"encoder_config.emb_dim ({cfg.encoder_config.emb_dim})"
+            )
+        self.distributed_strategy = distributed_strategy
+        self.encoder = ConformerEncoder(cfg.encoder_config)
+        self.projector = QFormerProjector(cfg.projector_config)
+        self.language_model = Granite(cfg.text_config, distributed_strategy)
+        if cfg.lora_rank:
+            add_lora([block.attn for block in self.language_model.base_model.layers], cfg.lora_rank)
+        self.adapter_mode: AdapterMode = "auto"
+
+    @classmethod
+    def from_config(cls, config: GraniteSpeechConfig) -> "GraniteSpeech":
+        return cls(config)
+
+    def get_config(self) -> GraniteSpeechConfig:
+        return self.config
+
+    def reset_parameters(self) -> None:
+        self.language_model.reset_parameters()
+        self.projector.reset_parameters()
+        for lora in self._lora_modules():
+            lora.reset_parameters()
+
+    def post_init(self) -> None:
+        """Tie weights, rebuild non-persistent buffers and refuse tensors never loaded."""
+        self.language_model.post_init()
+        self.encoder.post_init()
+        device = self.language_model.base_model.embedding.weight.device
+        for lora in self._lora_modules():
+            lora.scale = torch.zeros((), device=device, dtype=lora.lora_a.weight.dtype)
+        if device.type != "meta":
+            missing = [name for name, p in self.named_parameters() if p.is_meta]
+            if missing:
+                raise ValueError(f"checkpoint did not provide these tensors: {missing}")
+        self._set_adapter_active(False)
+
+    # ----- LoRA adapter: on for requests with audio, off for text-only ones ------------------
+
+    def _lora_modules(self) -> list[LoRAFusedQKV]:
+        return [m for m in self.modules() if isinstance(m, LoRAFusedQKV)]
+
+    def set_adapter(self, mode: AdapterMode) -> None:
+        """"auto" (default): adapter active iff the request carries audio; "on"/"off": forced."""
+        if mode not in ("auto", "on", "off"):
+            raise ValueError(f"adapter mode must be 'auto', 'on' or 'off', got {mode!r}")
+        self.adapter_mode = mode
+        if mode != "auto":
+            self._set_adapter_active(mode == "on")
+
+    def _set_adapter_active(self, active: bool) -> None:
+        scale = self.config.lora_scale if active else 0.0
+        for lora in self._lora_modules():
+            lora.scale.fill_(scale)
+
+    def start_request(self, has_audio: bool) -> None:
+        """Set the adapter for a new request (a no-op unless the mode is "auto")."""
+        if self.adapter_mode == "auto":
+            self._set_adapter_active(has_audio)
+
+    @property
+    def adapter_active(self) -> bool:
+        loras = self._lora_modules()
+        return bool(loras) and bool(loras[0].scale != 0)
+
+    # ----- audio path: encoder -> projector -> merge (no host syncs, no data-dependent shapes) -
+
+    def audio_token_counts(self, frame_mask: torch.Tensor) -> torch.Tensor:
+        """Number of audio embeddings (placeholders) per clip, from its valid frame count."""
+        proj = self.config.projector_config
+        windows = (frame_mask.sum(dim=1) + proj.window_size - 1) // proj.window_size
+        return windows * (proj.window_size // proj.downsample_rate)
+
+    def audio_embeddings(self, features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, 160), (B, T) -> (B, ceil(T / window) * nqueries, llm_dim)."""
+        dtype = self.encoder.input_linear.weight.dtype
+        return self.projector(self.encoder(features.to(dtype), frame_mask))
+
+    def merge_audio(
+        self, input_ids: torch.Tensor, audio_embeds: torch.Tensor, frame_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Text embeddings with the placeholders replaced by each clip's valid audio embeddings.
+
+        The k-th placeholder of the batch (row-major) takes the k-th valid audio embedding:
+        a cumsum/searchsorted/gather instead of boolean-mask indexing, so the shapes never
+        depend on the data and the graph needs no host sync.
+        """
+        is_audio = input_ids == self.config.audio_token_index
+        embeds = self.language_model.base_model.embedding(torch.where(is_audio, 0, input_ids))
+        nclips, per_clip, dim = audio_embeds.shape
+        counts = self.audio_token_counts(frame_mask)
+        ends = counts.cumsum(0)
+        flat_audio = is_audio.flatten()
+        k = flat_audio.long().cumsum(0) - 1
+        clip = torch.searchsorted(ends, k, right=True).clamp(max=nclips - 1)
+        offset = k - (ends - counts)[clip]
+        index = (clip * per_clip + offset).clamp(0, nclips * per_clip - 1)
+        audio = audio_embeds.reshape(-1, dim).to(embeds.dtype).index_select(0, index)
+        merged = torch.where(flat_audio.unsqueeze(-1), audio, embeds.reshape(-1, dim))
+        return merged.view_as(embeds)
+
+    def embed_audio_and_text(
+        self, input_ids: torch.Tensor, features: torch.Tensor, frame_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The whole audio path, one graph under torch.compile(fullgraph=True)."""
+        return self.merge_audio(input_ids, self.audio_embeddings(features, frame_mask), frame_mask)
+
+    def check_audio_inputs(
+        self, input_ids: torch.Tensor, features: torch.Tensor, frame_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Validate shapes and placeholder counts (eager, on the host); return the frame mask."""
+        enc = self.config.encoder_config
+        if features.dim() != 3 or features.shape[-1] != enc.input_dim:
+            raise ValueError(
+                f"input_features must be (batch, frames, {enc.input_dim}), got "
+                f"{tuple(features.shape)}"
+            )
+        if frame_mask is None:
+            frame_mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+        if frame_mask.shape != features.shape[:2]:
+            raise ValueError(
+                f"input_features_mask must be (batch, frames) = {tuple(features.shape[:2])} "
+                f"(a mask over encoder frames), got {tuple(frame_mask.shape)}"
+            )
+        frame_mask = frame_mask.to(torch.bool)
+        n_tokens = int((input_ids == self.config.audio_token_index).sum())
+        n_embeds = int(self.audio_token_counts(frame_mask).sum())
+        if n_tokens != n_embeds:
+            raise ValueError(
+                f"audio placeholders and audio embeddings do not match: the prompt holds "
+                f"{n_tokens} audio tokens (id {self.config.audio_token_index}) but the audio "
+                f"gives {n_embeds} embeddings"
+            )
+        return frame_mask
+
+    def embed_inputs(
+        self,
+        input_ids: torch.Tensor,
+        input_features: torch.Tensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """LLM input embeddings (before `embedding_multiplier`) for token ids and optional audio."""
+        if input_features is None:
+            return self.language_model.base_model.embedding(input_ids)
+        frame_mask = self.check_audio_inputs(input_ids, input_features, input_features_mask)
+        return self.embed_audio_and_text(input_ids, input_features, frame_mask)
+
+    # ----- LLM -------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        past_key_value_states: list | None = None,
+        use_cache: bool = False,
+        input_features: torch.Tensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+        **attn_kwargs,
+    ):
+        """Run the LLM on token ids (B, S) or embeddings (B, S, D).
+
+        With token ids, `input_features` (if given) are encoded and merged first. Embeddings are
+        taken as final (audio already merged). The LoRA adapter is left as the last request
+        set it (`start_request`, `set_adapter`), as in the reference's `forward`.
+        """
+        if x.dim() == 2 and input_features is not None:
+            x = self.embed_inputs(x, input_features, input_features_mask)
+        return self.language_model(
+            x,
+            position_ids=position_ids,
+            past_key_value_states=past_key_value_states,
+            use_cache=use_cache,
+            **attn_kwargs,
+        )
+
+    def prepare_inputs_for_generation(
+        self, iteration: int, input_ids: torch.Tensor, kwargs: MutableMapping[str, Any]
+    ) -> tuple[torch.Tensor, MutableMapping[str, Any]]:
+        """Hook for `fms.utils.generation.generate(prepare_model_inputs_hook=...)`."""
+        features = kwargs.get("input_features")
+        if iteration == 0:
+            self.start_request(features is not None)
+        if kwargs.get("use_cache") and iteration > 0:
+            return self.language_model.base_model.embedding(input_ids), kwargs
+        return self.embed_inputs(input_ids, features, kwargs.get("input_features_mask")), kwargs
+
+
+# ----- variants ------------------------------------------------------------------------------
+
+_3_3_2b_config = GraniteSpeechConfig()
+
+_3_3_8b_config = GraniteSpeechConfig(
+    projector_config=QFormerConfig(llm_dim=4096),
+    text_config=_granite_3_3_text(4096, 12800, 1 / 128, 16.0),
+)
+
+# Small built-in default for CPU work, tests of the pipeline and the docs: real 3.3 layout and
+# vocabulary, a fraction of the widths and depths.
+_tiny_config = GraniteSpeechConfig(
+    encoder_config=ConformerConfig(emb_dim=256, nlayers=4, nheads=4, head_dim=64, output_dim=64),
+    projector_config=QFormerConfig(emb_dim=256, encoder_dim=256, nheads=4, llm_dim=256),
+    text_config=GraniteConfig(
+        src_vocab_size=49160,
+        emb_dim=256,
+        norm_eps=1e-5,
+        nheads=4,
+        head_dim=64,
+        kvheads=2,
+        nlayers=4,
+        hidden_grow_factor=4.0,
+        multiple_of=1,
+        max_expected_seq_len=4096,
+        rope_theta=1e7,
+        pad_id=0,
+        tie_heads=True,
+        embedding_multiplier=12.0,
+        residual_multiplier=0.22,
+        attention_multiplier=1 / 64,
+        logits_scaling=8.0,
+    ),
+    lora_rank=16,
+    lora_alpha=8.0,
+)
+
+_architecture_name = "granite_speech"
+
+
+def _factory(config: GraniteSpeechConfig):
+    def factory(**kwargs):
+        kwargs.pop("vision_only", None)  # get_model passes it to every model
+        return GraniteSpeech(config, **kwargs)
+
+    return factory
+
+
+models.register_model(_architecture_name, "3.3-2b", _factory(_3_3_2b_config))
+models.register_model(_architecture_name, "3.3-8b", _factory(_3_3_8b_config))
+models.register_model(_architecture_name, "tiny", _factory(_tiny_config))
+
+
+# ----- serialization: Hugging Face checkpoint -> FMS names ---------------------------------------
+
+# Checkpoint names appear only here. Keys are first normalised (transformers 4.x and 5.x layouts,
+# peft adapter files, and peft-wrapped base weights), then renamed.
+_PREFIX_RULES = [
+    (r"^model\.(encoder|projector|language_model)\.", r"\1."),
+    (r"^language_model\.layers\.", "language_model.model.layers."),
+    (r"^language_model\.(embed_tokens|norm)\.", r"language_model.model.\1."),
+    (r"^(?:language_model\.)?lm_head\.", "language_model.head."),
+    (r"\.base_layer\.", "."),
+]
+
+_LORA_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?:model\.)?language_model\.(?:model\.)?layers\.(\d+)\."
+    r"self_attn\.([qv])_proj\.lora_([AB])(?:\.default)?\.weight$"
+)
+
+_RENAMES = [
+    # encoder
+    (r"^(encoder\.layers\.\d+\.ff[12])\.pre_norm\.", r"\1.ln."),
+    (r"^(encoder\.layers\.\d+\.ff[12])\.up_proj\.", r"\1.mlp.w1."),
+    (r"^(encoder\.layers\.\d+\.ff[12])\.down_proj\.", r"\1.mlp.w2."),
+    (r"^(encoder\.layers\.\d+\.attn)\.pre_norm\.", r"\1.ln."),
+    (r"^(encoder\.layers\.\d+\.attn)\.to_q\.", r"\1.query."),
+    (r"^(encoder\.layers\.\d+\.attn)\.to_kv\.", r"\1.key_value."),
+    (r"^(encoder\.layers\.\d+\.attn)\.to_out\.", r"\1.dense."),
+    (r"^(encoder\.layers\.\d+\.conv)\.norm\.", r"\1.ln."),
+    (r"^(encoder\.layers\.\d+\.conv)\.depth_conv\.conv\.", r"\1.depth_conv."),
+    (r"^(encoder\.layers\.\d+)\.post_norm\.", r"\1.post_ln."),
+    # projector
+    (r"^projector\.qformer\.layernorm\.", "projector.ln."),
+    (r"^projector\.qformer\.encoder\.layer\.", "projector.layers."),
+    (r"^(projector\.layers\.\d+)\.attention\.attention\.", r"\1.self_attn."),
+    (r"^(projector\.layers\.\d+)\.attention\.output\.dense\.", r"\1.self_attn.dense."),
+    (r"^(projector\.layers\.\d+)\.attention\.output\.LayerNorm\.", r"\1.self_attn.ln."),
+    (r"^(projector\.layers\.\d+)\.crossattention\.attention\.", r"\1.cross_attn."),
+    (r"^(projector\.layers\.\d+)\.crossattention\.output\.dense\.", r"\1.cross_attn.dense."),
+    (r"^(projector\.layers\.\d+)\.crossattention\.output\.LayerNorm\.", r"\1.cross_attn.ln."),
+    (r"^(projector\.layers\.\d+)\.intermediate_query\.dense\.", r"\1.mlp.w1."),
+    (r"^(projector\.layers\.\d+)\.output_query\.dense\.", r"\1.mlp.w2."),
+    (r"^(projector\.layers\.\d+)\.output_query\.LayerNorm\.", r"\1.mlp_ln."),
+    # language model
+    (r"^language_model\.model\.embed_tokens\.", "language_model.base_model.embedding."),
+    (r"^language_model\.model\.norm\.", "language_model.base_model.dec_norm."),
+    (r"^language_model\.model\.layers\.", "language_model.base_model.layers."),
+    (r"\.self_attn\.q_proj\.", ".attn.in_proj.query."),
+    (r"\.self_attn\.k_proj\.", ".attn.in_proj.key."),
+    (r"\.self_attn\.v_proj\.", ".attn.in_proj.value."),
+    (r"\.self_attn\.o_proj\.", ".attn.dense."),
+    (r"\.mlp\.gate_proj\.", ".ff_sub_layer.wg."),
+    (r"\.mlp\.up_proj\.", ".ff_sub_layer.w1."),
+    (r"\.mlp\.down_proj\.", ".ff_sub_layer.w2."),
+    (r"\.input_layernorm\.", ".ln."),
+    (r"\.post_attention_layernorm\.", ".ff_ln."),
+]
+
+
+def hf_to_fms_name(name: str) -> str:
+    """FMS name of one checkpoint tensor (LoRA A/B get unfused intermediate names)."""
+    lora = _LORA_KEY.match(name)
+    if lora:
+        layer, proj, ab = lora.groups()
+        return f"language_model.base_model.layers.{layer}.attn.in_proj.lora_{ab.lower()}_{proj}"
+    for pattern, repl in _PREFIX_RULES + _RENAMES:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
+def _hf_to_fms_names(input_sd: Mapping[str, Any], **kwargs) -> Mapping[str, Any]:
+    return {hf_to_fms_name(k): v for k, v in input_sd.items()}
+
+
+def _hf_to_fms_rope(
+    input_sd: Mapping[str, Any], model_config: GraniteSpeechConfig | None = None, **kwargs
+) -> Mapping[str, Any]:
+    """Undo HF's rotate-half RoPE layout on query/key rows (and on LoRA B for queries)."""
+    head_dim = (model_config or GraniteSpeechConfig()).text_config.head_dim
+    pattern = re.compile(
+        r"language_model\.base_model\.layers\.\d+\.attn\.in_proj\."
+        r"(query\.weight|key\.weight|query\.bias|key\.bias|lora_b_q)$"
+    )
+    out = {}
+    for name, param in input_sd.items():
+        if pattern.search(name):
+            heads = param.size(0) // head_dim
+            view = param.view(heads, 2, head_dim // 2, *param.shape[1:])
+            param = view.transpose(1, 2).reshape(param.shape)
+        out[name] = param
+    return out
+
+
+def _weight_fusion(input_sd: Mapping[str, Any], **kwargs) -> Mapping[str, Any]:
+    sd = serialization._attn_unfused_to_fused_step(input_sd)
+    sd = dict(serialization._mlp_glu_unfused_to_fused_adapter_step(sd))
+    for name in [n for n in sd if n.endswith(".lora_a_q")]:
+        prefix = name[: -len("lora_a_q")]
+        if prefix + "lora_a_v" not in sd:
+            raise ValueError(f"LoRA adapter has A for q_proj but not v_proj at {prefix}")
+        sd[prefix + "lora_a.weight"] = torch.cat([sd.pop(name), sd.pop(prefix + "lora_a_v")])
+    for name in [n for n in sd if re.search(r"\.lora_b_[qv]$", n)]:
+        sd[name + ".weight"] = sd.pop(name)
+    return sd
+
+
+@functools.lru_cache(maxsize=8)
+def _fms_keys(config_json: str) -> frozenset[str]:
+    with torch.device("meta"):
+        model = GraniteSpeech(GraniteSpeechConfig(**json.loads(config_json)))
+    return frozenset(model.state_dict().keys())
+
+
+def _check_known_names(
+    input_sd: Mapping[str, Any], model_config: GraniteSpeechConfig | None = None, **kwargs
+) -> Mapping[str, Any]:
+    """Refuse checkpoint tensors that have no place in the model (FMS would only warn)."""
+    if model_config is not None:
+        known = _fms_keys(json.dumps(model_config.as_dict(), sort_keys=True))
+        unknown = sorted(k for k in input_sd if k not in known)
+        if unknown:
+            raise ValueError(
+                f"checkpoint tensors with no place in the model (FMS names): {unknown}; "
+                "is the checkpoint for another configuration, or is its LoRA adapter "
+                "targeting modules other than q_proj/v_proj?"
+            )
+    return input_sd
+
+
+serialization.register_adapter_step(_architecture_name, "hf_to_fms_names", _hf_to_fms_names)
+serialization.register_adapter_step(_architecture_name, "hf_to_fms_rope", _hf_to_fms_rope)
+serialization.register_adapter_step(_architecture_name, "weight_fusion", _weight_fusion)
+serialization.register_adapter_step(_architecture_name, "check_names", _check_known_names)
+serialization.register_adapter(
+    _architecture_name,
+    "hf",
+    ["hf_to_fms_names", "hf_to_fms_rope", "weight_fusion", "check_names"],
+)

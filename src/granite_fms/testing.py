@@ -1,0 +1,148 @@
+"""Tiny Granite Speech checkpoints written by Hugging Face's own classes, for parity checks.
+
+No weights can be downloaded: tests and experiments build random checkpoints with
+`transformers.GraniteSpeechForConditionalGeneration.save_pretrained` and a peft LoRA adapter,
+in the layouts of the real 3.3 (tied embeddings, LoRA) and 4.x (untied, no LoRA) releases.
+"""
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Shapes that exercise every code path in seconds: two encoder blocks (so the mid-layer CTC
+# feedback sits between them), a context of 20 frames, windows of 15, GQA in the LLM.
+TINY_ENCODER = dict(
+    input_dim=160,
+    num_layers=2,
+    hidden_dim=32,
+    num_heads=2,
+    dim_head=16,
+    output_dim=12,
+    context_size=20,
+    max_pos_emb=32,
+    conv_kernel_size=5,
+)
+TINY_PROJECTOR = dict(
+    model_type="blip_2_qformer",
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    encoder_hidden_size=32,
+    cross_attention_frequency=1,
+)
+TINY_TEXT = dict(
+    model_type="granite",
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-5,
+)
+
+
+def tiny_hf_config(style: str = "3.3", **overrides: Any):
+    """A small `transformers.GraniteSpeechConfig` in the style of the 3.3 or 4.x releases."""
+    from transformers import GraniteSpeechConfig
+
+    if style == "3.3":
+        text = dict(
+            TINY_TEXT,
+            embedding_multiplier=12.0,
+            residual_multiplier=0.22,
+            attention_multiplier=1 / 16,
+            logits_scaling=8.0,
+            rope_theta=1e7,
+            tie_word_embeddings=True,
+        )
+        top = dict(audio_token_index=127, has_lora_adapter=True, tie_word_embeddings=True)
+    elif style == "4.x":
+        text = dict(
+            TINY_TEXT,
+            embedding_multiplier=12.0,
+            residual_multiplier=0.22,
+            attention_multiplier=1 / 16,
+            logits_scaling=8.0,
+            rope_theta=1e4,
+            tie_word_embeddings=False,
+        )
+        top = dict(audio_token_index=100, has_lora_adapter=False, tie_word_embeddings=False)
+    else:
+        raise ValueError(f"style must be '3.3' or '4.x', got {style!r}")
+    kwargs: dict[str, Any] = dict(
+        text_config=text,
+        encoder_config=dict(TINY_ENCODER),
+        projector_config=dict(TINY_PROJECTOR),
+        window_size=15,
+        downsample_rate=5,
+        **top,
+    )
+    for key, value in overrides.items():
+        if key in ("text_config", "encoder_config", "projector_config"):
+            kwargs[key].update(value)
+        else:
+            kwargs[key] = value
+    return GraniteSpeechConfig(**kwargs)
+
+
+def _randomize(model: torch.nn.Module, seed: int) -> None:
+    """Replace every parameter and float buffer by random values (HF inits many to 0 or 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
+            elif "norm" in name.lower() and name.endswith("weight"):
+                t.copy_(1.0 + 0.1 * torch.randn(t.shape, generator=gen))
+            else:
+                std = 1.0 / math.sqrt(t.shape[-1]) if t.dim() > 1 else 0.1
+                t.copy_(std * torch.randn(t.shape, generator=gen))
+
+
+def save_hf_checkpoint(
+    path: str | Path,
+    config=None,
+    *,
+    lora_rank: int | None = 4,
+    lora_alpha: float = 8.0,
+    seed: int = 0,
+    max_shard_size: str | None = None,
+):
+    """Write a random HF Granite Speech checkpoint (+ peft adapter unless lora_rank is None).
+
+    Returns the HF model (eval mode, adapter attached if any) that wrote it.
+    """
+    from transformers import GraniteSpeechForConditionalGeneration
+
+    config = config if config is not None else tiny_hf_config()
+    torch.manual_seed(seed)
+    model = GraniteSpeechForConditionalGeneration(config).eval()
+    _randomize(model, seed)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(path, **kwargs)
+    if lora_rank:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=lora_rank,
+            lora_alpha=lora_alpha,
+            target_modules=["q_proj", "v_proj"],
+            init_lora_weights=False,  # random B, so the adapter changes the outputs
+        )
+        peft_model = get_peft_model(model, lora)
+        peft_model.save_pretrained(path)
+    return load_hf_model(path)
+
+
+def load_hf_model(path: str | Path, dtype: torch.dtype = torch.float32):
+    """The reference: HF's own class loading the directory (it attaches the adapter itself)."""
+    from transformers import GraniteSpeechForConditionalGeneration
+
+    return GraniteSpeechForConditionalGeneration.from_pretrained(path, dtype=dtype).eval()
