@@ -1,0 +1,199 @@
+"""Log-mel features and audio-token counts for Granite Speech.
+
+Matches `transformers.GraniteSpeechFeatureExtractor` run on one clip at a time; see
+`GraniteSpeechFeatureExtractor` for why batches are computed clip by clip.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+from torch import Tensor
+
+SAMPLE_RATE = 16000
+
+AudioClip = str | os.PathLike | np.ndarray | Tensor
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> Tensor:
+    """Read a wav/flac file as a mono float32 1-D tensor at `sample_rate`.
+
+    Channels are averaged; other sample rates are resampled.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"audio file not found: {path}")
+    try:
+        data, file_rate = sf.read(path, dtype="float32", always_2d=True)
+    except sf.LibsndfileError as e:
+        raise ValueError(f"could not read audio file {path}: {e}") from e
+    wave = torch.from_numpy(data).mean(dim=1)
+    if file_rate != sample_rate:
+        wave = torchaudio.functional.resample(wave, file_rate, sample_rate)
+    return wave
+
+
+def encoder_frame_count(num_samples: int, hop_length: int = 160) -> int:
+    """Number of encoder frames (pairs of mel frames) for a clip of `num_samples`."""
+    return (num_samples // hop_length + 1) // 2
+
+
+def audio_token_count(
+    num_samples: int, hop_length: int = 160, window_size: int = 15, downsample_rate: int = 5
+) -> int:
+    """Number of `<|audio|>` embeddings the projector makes for a clip of `num_samples`."""
+    windows = math.ceil(encoder_frame_count(num_samples, hop_length) / window_size)
+    return windows * (window_size // downsample_rate)
+
+
+@dataclass
+class AudioFeatures:
+    """A padded batch of encoder inputs.
+
+    `input_features_mask` marks each clip's valid encoder frames, so it has the same length as
+    `input_features`; note that HF's mask of that name is over projector outputs instead.
+    `model(**features)` passes `input_features` and `input_features_mask`.
+    """
+
+    input_features: Tensor  # (B, T, 2 * n_mels) float32, zero after each clip's end
+    input_features_mask: Tensor  # (B, T) bool
+    audio_token_counts: Tensor  # (B,) int64, `<|audio|>` placeholders each clip needs
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "AudioFeatures":
+        """Move to `device`; `dtype`, if given, applies to `input_features` only."""
+        return AudioFeatures(
+            self.input_features.to(device, dtype),
+            self.input_features_mask.to(device),
+            self.audio_token_counts.to(device),
+        )
+
+    def as_dict(self) -> dict[str, Tensor]:
+        return {k: self[k] for k in self.keys()}
+
+    def keys(self) -> tuple[str, ...]:
+        return ("input_features", "input_features_mask")
+
+    def __getitem__(self, key: str) -> Tensor:
+        if key not in self.keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+
+class GraniteSpeechFeatureExtractor:
+    """Audio clips -> stacked log-mel frames, as the Granite Speech conformer expects."""
+
+    def __init__(
+        self,
+        sample_rate: int = SAMPLE_RATE,
+        n_fft: int = 512,
+        win_length: int = 400,
+        hop_length: int = 160,
+        n_mels: int = 80,
+        window_size: int = 15,
+        downsample_rate: int = 5,
+    ):
+        self.sample_rate = sample_rate
+        self.hop_length = hop_length
+        self.n_mels = n_mels
+        self.window_size = window_size
+        self.downsample_rate = downsample_rate
+        # The centered STFT reflect-pads n_fft // 2 samples, which needs a longer input; and one
+        # encoder frame needs two mel frames.
+        self.min_samples = max(hop_length, n_fft // 2 + 1)
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            win_length=win_length,
+            hop_length=hop_length,
+            n_mels=n_mels,
+        )
+
+    def num_audio_tokens(self, num_samples: int) -> int:
+        """Number of `<|audio|>` placeholders a clip of `num_samples` needs."""
+        return audio_token_count(
+            num_samples, self.hop_length, self.window_size, self.downsample_rate
+        )
+
+    def __call__(
+        self, audio: AudioClip | list[AudioClip], sampling_rate: int | None = None
+    ) -> AudioFeatures:
+        """Features for one clip or a list of clips.
+
+        A clip is a wav/flac path (resampled and downmixed as needed) or a 1-D float array or
+        tensor at `self.sample_rate`; `sampling_rate`, if given, must match it for arrays.
+        """
+        clips = list(audio) if isinstance(audio, list | tuple) else [audio]
+        if not clips:
+            raise ValueError("empty list of audio clips")
+        waves = [self._waveform(clip, sampling_rate, i) for i, clip in enumerate(clips)]
+        # One clip at a time: HF runs the STFT on the zero-padded batch, so a clip's last frame
+        # (zeros, not reflect padding, past its end) depends on its batchmates; ours does not.
+        feats = [self._log_mel(w) for w in waves]
+        lengths = torch.tensor([f.shape[0] for f in feats])
+        return AudioFeatures(
+            input_features=torch.nn.utils.rnn.pad_sequence(feats, batch_first=True),
+            input_features_mask=torch.arange(int(lengths.max()))[None, :] < lengths[:, None],
+            audio_token_counts=torch.tensor(
+                [self.num_audio_tokens(w.numel()) for w in waves], dtype=torch.int64
+            ),
+        )
+
+    def _waveform(self, clip: AudioClip, sampling_rate: int | None, index: int) -> Tensor:
+        """Load or check one clip; returns a float32 1-D CPU tensor."""
+        where = f"audio[{index}]"
+        if isinstance(clip, str | os.PathLike):
+            wave = load_audio(clip, self.sample_rate)
+            where = f"{where} ({clip})"
+        elif isinstance(clip, np.ndarray | Tensor):
+            wave = self._check_array(clip, sampling_rate, where)
+        else:
+            raise TypeError(
+                f"{where}: unsupported type {type(clip).__name__}; pass a file path, "
+                "a 1-D numpy array or a 1-D torch tensor"
+            )
+        if wave.numel() == 0:
+            raise ValueError(f"{where}: empty audio (0 samples)")
+        if wave.numel() < self.min_samples:
+            raise ValueError(
+                f"{where}: audio too short ({wave.numel()} samples); need at least "
+                f"{self.min_samples} samples at {self.sample_rate} Hz"
+            )
+        if not torch.isfinite(wave).all():
+            raise ValueError(f"{where}: audio contains NaN or inf values")
+        return wave
+
+    def _check_array(
+        self, clip: np.ndarray | Tensor, sampling_rate: int | None, where: str
+    ) -> Tensor:
+        if sampling_rate is not None and sampling_rate != self.sample_rate:
+            raise ValueError(
+                f"{where}: expected {self.sample_rate} Hz, got {sampling_rate} Hz; file paths are "
+                "resampled automatically, arrays are not: use torchaudio.functional.resample"
+            )
+        if clip.ndim != 1:
+            raise ValueError(
+                f"{where}: expected a 1-D mono clip, got shape {tuple(clip.shape)}; ambiguous: "
+                "stereo or a batch? Pass a list of 1-D mono clips, or downmix with .mean(axis=0)"
+            )
+        is_numpy = isinstance(clip, np.ndarray)
+        if not (np.issubdtype(clip.dtype, np.floating) if is_numpy else clip.is_floating_point()):
+            raise ValueError(
+                f"{where}: audio has dtype {clip.dtype}; convert to float in [-1, 1] "
+                "(e.g. int16 samples / 32768)"
+            )
+        if is_numpy:
+            return torch.from_numpy(clip.astype(np.float32))
+        return clip.detach().to("cpu", torch.float32)
+
+    @torch.no_grad()
+    def _log_mel(self, wave: Tensor) -> Tensor:
+        """(num_samples,) -> (encoder_frames, 2 * n_mels)."""
+        logmel = self.mel(wave).T.clamp_min(1e-10).log10()
+        logmel = torch.maximum(logmel, logmel.max() - 8.0) / 4 + 1
+        frames = logmel.shape[0] // 2 * 2
+        return logmel[:frames].reshape(-1, 2 * self.n_mels)
