@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny checkpoints written by Hugging Face's own classes, loaded both ways."""
+
+import pytest
+import torch
+
+import granite_fms
+from granite_fms.testing import load_hf_model, save_hf_checkpoint, tiny_hf_config
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--capture_expectation",
+        action="store_true",
+        default=False,
+        help="rewrite FMS test-suite expectation files",
+    )
+
+
+@pytest.fixture(scope="session")
+def capture_expectation(request):
+    return request.config.getoption("capture_expectation")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def ckpt_33(tmp_path_factory):
+    """3.3 layout: tied embeddings and a peft LoRA adapter (r=4, alpha=8: scale 2)."""
+    path = tmp_path_factory.mktemp("ckpt_33")
+    save_hf_checkpoint(path, tiny_hf_config("3.3"), lora_rank=4, lora_alpha=8.0, seed=1)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ckpt_4x(tmp_path_factory):
+    """4.x layout: untied embeddings, no adapter, another audio token id."""
+    path = tmp_path_factory.mktemp("ckpt_4x")
+    save_hf_checkpoint(path, tiny_hf_config("4.x"), lora_rank=None, seed=2)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ckpt_ctx200(tmp_path_factory):
+    """Tiny widths with the real encoder context (200 frames) and max_pos_emb (512)."""
+    path = tmp_path_factory.mktemp("ckpt_ctx200")
+    config = tiny_hf_config("3.3", encoder_config=dict(context_size=200, max_pos_emb=512))
+    save_hf_checkpoint(path, config, lora_rank=4, seed=3)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pair_33(ckpt_33):
+    return load_hf_model(ckpt_33), granite_fms.load_model(ckpt_33)
+
+
+@pytest.fixture(scope="session")
+def pair_4x(ckpt_4x):
+    return load_hf_model(ckpt_4x), granite_fms.load_model(ckpt_4x)
+
+
+@pytest.fixture(scope="session")
+def pair_ctx200(ckpt_ctx200):
+    return load_hf_model(ckpt_ctx200), granite_fms.load_model(ckpt_ctx200)
