@@ -220,9 +220,11 @@ def load_model(
         raise ValueError(f"{model_dir} has no config.json: not a Hugging Face checkpoint directory")
     device = torch.device(device)
     hf_config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
-    arch = (hf_config.architectures or ["?"])[0]
-    if arch != "GraniteSpeechForConditionalGeneration":
-        raise ValueError(f"{model_dir}/config.json is for {arch}, not Granite Speech")
+    if hf_config.model_type != "granite_speech":
+        raise ValueError(
+            f"{model_dir}/config.json is for model_type {hf_config.model_type!r}, "
+            "not Granite Speech ('granite_speech')"
+        )
     config = fms_config_from_hf(hf_config, model_dir if with_adapter else None)
     files = weight_files(model_dir)
     if config.lora_rank:
