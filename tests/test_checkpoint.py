@@ -28,20 +28,52 @@ def _logits_pair(hf, fm, frames=33):
 
 # A configuration no other test uses: other widths, depths, heads, window and downsampling.
 UNSEEN = [
-    ("3.3", dict(
-        encoder_config=dict(hidden_dim=48, num_layers=3, num_heads=3, dim_head=8, output_dim=7,
-                            context_size=12, max_pos_emb=20, conv_kernel_size=4),
-        projector_config=dict(hidden_size=24, encoder_hidden_size=48, num_hidden_layers=1,
-                              num_attention_heads=2, intermediate_size=40),
-        text_config=dict(hidden_size=48, intermediate_size=80, num_hidden_layers=3,
-                         num_attention_heads=6, num_key_value_heads=3, vocab_size=90),
-        audio_token_index=89, window_size=10, downsample_rate=2,
-    )),
-    ("4.x", dict(
-        text_config=dict(hidden_size=40, num_attention_heads=5, num_key_value_heads=1,
-                         vocab_size=150, rope_theta=5e5),
-        audio_token_index=149,
-    )),
+    (
+        "3.3",
+        dict(
+            encoder_config=dict(
+                hidden_dim=48,
+                num_layers=3,
+                num_heads=3,
+                dim_head=8,
+                output_dim=7,
+                context_size=12,
+                max_pos_emb=20,
+                conv_kernel_size=4,
+            ),
+            projector_config=dict(
+                hidden_size=24,
+                encoder_hidden_size=48,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=40,
+            ),
+            text_config=dict(
+                hidden_size=48,
+                intermediate_size=80,
+                num_hidden_layers=3,
+                num_attention_heads=6,
+                num_key_value_heads=3,
+                vocab_size=90,
+            ),
+            audio_token_index=89,
+            window_size=10,
+            downsample_rate=2,
+        ),
+    ),
+    (
+        "4.x",
+        dict(
+            text_config=dict(
+                hidden_size=40,
+                num_attention_heads=5,
+                num_key_value_heads=1,
+                vocab_size=150,
+                rope_theta=5e5,
+            ),
+            audio_token_index=149,
+        ),
+    ),
 ]
 
 
@@ -74,8 +106,9 @@ def sharded(tmp_path_factory):
     save_hf_checkpoint(path, tiny_hf_config("3.3"), lora_rank=4, seed=5, max_shard_size="60KB")
     assert (path / "model.safetensors.index.json").exists()
     old = tmp_path_factory.mktemp("old")
-    save_hf_checkpoint(old, tiny_hf_config("3.3", encoder_config=dict(output_dim=5)),
-                       lora_rank=None, seed=6)
+    save_hf_checkpoint(
+        old, tiny_hf_config("3.3", encoder_config=dict(output_dim=5)), lora_rank=None, seed=6
+    )
     shutil.copy(old / "model.safetensors", path / "model-00001-of-00003.safetensors")
     return path
 
@@ -139,8 +172,11 @@ def test_unknown_tensor_is_named(ckpt_33, tmp_path):
 def test_shape_mismatch_names_tensor_and_file(ckpt_33, tmp_path):
     path = _copy(ckpt_33, tmp_path / "ck")
     _edit_weights(path, lambda sd: sd.update({"encoder.out.weight": torch.zeros(5, 32)}))
-    with pytest.raises(ValueError, match=r"shape mismatch for encoder\.out\.weight.*"
-                                         r"model\.safetensors:encoder\.out\.weight"):
+    with pytest.raises(
+        ValueError,
+        match=r"shape mismatch for encoder\.out\.weight.*"
+        r"model\.safetensors:encoder\.out\.weight",
+    ):
         granite_fms.load_model(path)
 
 

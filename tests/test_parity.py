@@ -96,16 +96,34 @@ def test_auto_adapter_follows_the_request(pair_33):
     x = torch.randn(1, 30, 160)
     ids_audio = audio_prompt(fm.config.audio_token_index, n_tokens(fm, 30))
     ids_text = audio_prompt(fm.config.audio_token_index, 0)
-    _ = generate(fm, ids_audio, max_new_tokens=1, do_sample=False, use_cache=True,
-                 prepare_model_inputs_hook=fm.prepare_inputs_for_generation,
-                 extra_kwargs={"input_features": x})
+    _ = generate(
+        fm,
+        ids_audio,
+        max_new_tokens=1,
+        do_sample=False,
+        use_cache=True,
+        prepare_model_inputs_hook=fm.prepare_inputs_for_generation,
+        extra_kwargs={"input_features": x},
+    )
     assert fm.adapter_active
-    _ = generate(fm, ids_text, max_new_tokens=1, do_sample=False, use_cache=True,
-                 prepare_model_inputs_hook=fm.prepare_inputs_for_generation)
+    _ = generate(
+        fm,
+        ids_text,
+        max_new_tokens=1,
+        do_sample=False,
+        use_cache=True,
+        prepare_model_inputs_hook=fm.prepare_inputs_for_generation,
+    )
     assert not fm.adapter_active
     fm.set_adapter("on")
-    _ = generate(fm, ids_text, max_new_tokens=1, do_sample=False, use_cache=True,
-                 prepare_model_inputs_hook=fm.prepare_inputs_for_generation)
+    _ = generate(
+        fm,
+        ids_text,
+        max_new_tokens=1,
+        do_sample=False,
+        use_cache=True,
+        prepare_model_inputs_hook=fm.prepare_inputs_for_generation,
+    )
     assert fm.adapter_active
     fm.set_adapter("auto")
 
@@ -114,8 +132,16 @@ def _fms_generate(fm, ids, features=None, frame_mask=None, new=20, **kw):
     extra = dict(kw)
     if features is not None:
         extra.update(input_features=features, input_features_mask=frame_mask)
-    out = generate(fm, ids, max_new_tokens=new, max_seq_len=512, do_sample=False, use_cache=True,
-                   prepare_model_inputs_hook=fm.prepare_inputs_for_generation, extra_kwargs=extra)
+    out = generate(
+        fm,
+        ids,
+        max_new_tokens=new,
+        max_seq_len=512,
+        do_sample=False,
+        use_cache=True,
+        prepare_model_inputs_hook=fm.prepare_inputs_for_generation,
+        extra_kwargs=extra,
+    )
     return out[:, -new:]
 
 
@@ -123,8 +149,13 @@ def _hf_generate(hf, ids, features=None, new=20):
     # No EOS on either side: fms.utils.generation.generate runs max_new_tokens unless told.
     hf.generation_config.eos_token_id = None
     with torch.no_grad():
-        out = hf.generate(input_ids=ids, input_features=features, max_new_tokens=new,
-                          do_sample=False, pad_token_id=0)
+        out = hf.generate(
+            input_ids=ids,
+            input_features=features,
+            max_new_tokens=new,
+            do_sample=False,
+            pad_token_id=0,
+        )
     return out[:, -new:]
 
 
@@ -155,7 +186,7 @@ def test_batch_of_mixed_lengths_matches_hf_one_clip_at_a_time(pair_33):
 
     with torch.no_grad():
         batched = fm.audio_embeddings(feats, mask)
-        for i, (clip, n) in enumerate(zip(clips, lengths, strict=True)):
+        for i, clip in enumerate(clips):
             ref = hf.model.get_audio_features(clip).pooler_output
             assert rel_err(ref, batched[i, : ref.shape[1]]) < TOL
 

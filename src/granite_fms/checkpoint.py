@@ -196,9 +196,7 @@ def _read_tensors(
                 if dtype is not None and t.is_floating_point():
                     t = t.to(dtype)
                 tensors[key], source[key] = t, path.name
-                origin.setdefault(_fused_name(hf_to_fms_name(key)), []).append(
-                    f"{path.name}:{key}"
-                )
+                origin.setdefault(_fused_name(hf_to_fms_name(key)), []).append(f"{path.name}:{key}")
     return tensors, origin
 
 
@@ -230,9 +228,7 @@ def load_model(
     if config.lora_rank:
         files.append(model_dir / ADAPTER_WEIGHTS)
     raw, origin = _read_tensors(files, device, dtype)
-    state = serialization.get_adapted(
-        "granite_speech", "hf", raw, {"model_config": config}
-    )
+    state = serialization.get_adapted("granite_speech", "hf", raw, {"model_config": config})
 
     with torch.device("meta"):
         model = GraniteSpeech(config)

@@ -152,7 +152,7 @@ class GraniteSpeech(nn.Module):
         return [m for m in self.modules() if isinstance(m, LoRAFusedQKV)]
 
     def set_adapter(self, mode: AdapterMode) -> None:
-        """"auto" (default): adapter active iff the request carries audio; "on"/"off": forced."""
+        """ "auto" (default): adapter active iff the request carries audio; "on"/"off": forced."""
         if mode not in ("auto", "on", "off"):
             raise ValueError(f"adapter mode must be 'auto', 'on' or 'off', got {mode!r}")
         self.adapter_mode = mode

@@ -48,8 +48,10 @@ class QFormerAttention(nn.Module):
         return x.view(*x.shape[:2], self.nheads, -1).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(context)), self._heads(
-            self.value(context)
+        q, k, v = (
+            self._heads(self.query(x)),
+            self._heads(self.key(context)),
+            self._heads(self.value(context)),
         )
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
         return self.ln(self.dense(out) + x)
