@@ -1,0 +1,270 @@
+"""SpeechPipeline: greedy tokens equal HF's `generate`, text mode, batching, text-only, errors.
+
+The checkpoint is the tiny 3.3 layout (LoRA r=4, `<|audio|>` = 127) with untied embeddings:
+with tied ones and random weights greedy decoding repeats one token from the first step, which
+would not show a wrong continuation. Its tokenizer is a word-level one whose 128 ids are the
+model's vocabulary, with a Granite-like chat template and EOS `<|end_of_text|>` = 0.
+"""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from granite_fms.features import load_audio
+from granite_fms.pipeline import TRANSCRIBE_INSTRUCTION, SpeechPipeline
+from granite_fms.processor import GraniteSpeechProcessor
+from granite_fms.testing import load_hf_model, save_hf_checkpoint, tiny_hf_config
+
+DATA = Path(__file__).parent / "data"
+FOX, SHORT = DATA / "fox_16k.wav", DATA / "short_16k.wav"  # 120 and 61 encoder frames
+AUDIO_ID, EOS_ID = 127, 0
+PROMPT_IDS = [1, 5, 6, AUDIO_ID, 7, 8]
+NEW = 12
+
+SPECIAL = ["<|end_of_text|>", "<unk>", "<|start_of_role|>", "<|end_of_role|>"]
+WORDS = "user assistant can you transcribe the speech into a written format ? translate to French"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|start_of_role|>{{ m['role'] }}<|end_of_role|>{{ m['content'] }}"
+    "<|end_of_text|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|start_of_role|>assistant<|end_of_role|>{% endif %}"
+)
+
+
+def tiny_tokenizer() -> transformers.PreTrainedTokenizerFast:
+    vocab = SPECIAL + WORDS.split()
+    vocab += [f"w{i}" for i in range(AUDIO_ID - len(vocab))] + ["<|audio|>"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        eos_token="<|end_of_text|>",
+        pad_token="<|end_of_text|>",
+        additional_special_tokens=["<|start_of_role|>", "<|end_of_role|>", "<|audio|>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The tensors are tiny: intra-op threads only add overhead (tenfold on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint without tokenizer files, the same checkpoint with them)."""
+    bare = tmp_path_factory.mktemp("pipeline") / "bare"
+    config = tiny_hf_config(
+        "3.3", text_config=dict(tie_word_embeddings=False), tie_word_embeddings=False
+    )
+    assert config.audio_token_index == AUDIO_ID
+    save_hf_checkpoint(bare, config, lora_rank=4, seed=0)
+    full = bare.parent / "full"
+    shutil.copytree(bare, full)
+    tiny_tokenizer().save_pretrained(full)
+    return bare, full
+
+
+@pytest.fixture(scope="module")
+def pipe_ids(dirs) -> SpeechPipeline:
+    return SpeechPipeline.from_pretrained(dirs[0])
+
+
+@pytest.fixture(scope="module")
+def pipe_text(dirs) -> SpeechPipeline:
+    return SpeechPipeline.from_pretrained(dirs[1])
+
+
+@pytest.fixture(scope="module")
+def hf(dirs):
+    model = load_hf_model(dirs[0])
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def hf_generate(hf, prompt_ids: list[int], clip: Path | None = None) -> list[int]:
+    """HF's greedy tokens for one request, its own feature extractor on the clip."""
+    features = None
+    ids = prompt_ids
+    if clip is not None:
+        extracted = transformers.GraniteSpeechFeatureExtractor()(load_audio(clip))
+        features = extracted["input_features"]
+        pos = prompt_ids.index(AUDIO_ID)
+        n = extracted["audio_embed_sizes"][0]
+        ids = prompt_ids[:pos] + [AUDIO_ID] * n + prompt_ids[pos + 1 :]
+    with torch.no_grad():
+        out = hf.generate(
+            input_ids=torch.tensor([ids]),
+            input_features=features,
+            max_new_tokens=NEW,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    return out[0, len(ids) :].tolist()
+
+
+def chat_ids(text: str) -> list[int]:
+    tok = tiny_tokenizer()
+    messages = [{"role": "user", "content": text}]
+    return tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))[
+        "input_ids"
+    ]
+
+
+# (a) token ids without a tokenizer equal HF
+
+
+def test_from_pretrained_without_tokenizer(pipe_ids):
+    assert pipe_ids.tokenizer is None and pipe_ids.eos_token_id is None
+    assert pipe_ids.device == torch.device("cpu") and pipe_ids.dtype == torch.float32
+    assert pipe_ids.audio_token_id == AUDIO_ID
+
+
+@pytest.mark.parametrize("clip", [FOX, SHORT])
+def test_token_ids_match_hf_generate(pipe_ids, hf, clip):
+    got = pipe_ids.generate_ids(clip, prompt_ids=PROMPT_IDS, max_new_tokens=NEW)
+    want = hf_generate(hf, PROMPT_IDS, clip)
+    assert got == [want]
+    assert len(set(want)) > 1  # a varied continuation, not one token repeated
+
+
+def test_audio_as_array_equals_path(pipe_ids):
+    from_path = pipe_ids.generate_ids(FOX, prompt_ids=PROMPT_IDS, max_new_tokens=NEW)
+    from_array = pipe_ids.generate_ids(
+        load_audio(FOX).numpy(), prompt_ids=PROMPT_IDS, max_new_tokens=NEW
+    )
+    assert from_array == from_path
+
+
+def test_text_only_ids_match_hf_and_turn_adapter_off(pipe_ids, hf):
+    ids = [1, 5, 6, 7, 8]
+    pipe_ids.generate_ids(FOX, prompt_ids=PROMPT_IDS, max_new_tokens=1)
+    assert pipe_ids.model.adapter_active
+    assert pipe_ids.generate_ids(prompt_ids=ids, max_new_tokens=NEW) == [hf_generate(hf, ids)]
+    assert not pipe_ids.model.adapter_active
+
+
+def test_eos_stops_and_is_stripped(dirs, pipe_ids):
+    full = pipe_ids.generate_ids(FOX, prompt_ids=PROMPT_IDS, max_new_tokens=NEW)[0]
+    eos = next(t for t in full if t != full[0])
+    stopping = SpeechPipeline(pipe_ids.model, eos_token_id=eos)
+    got = stopping.generate_ids(FOX, prompt_ids=PROMPT_IDS, max_new_tokens=NEW)
+    assert got == [full[: full.index(eos)]]
+
+
+def test_bf16_pipeline_runs(dirs):
+    pipe = SpeechPipeline.from_pretrained(dirs[0], dtype=torch.bfloat16)
+    assert pipe.dtype == torch.bfloat16
+    out = pipe.generate_ids([FOX, SHORT], prompt_ids=PROMPT_IDS, max_new_tokens=NEW)
+    assert [len(row) for row in out] == [NEW, NEW]
+
+
+# (b) text in, text out
+
+
+def test_transcribe_with_chat_template(pipe_text, pipe_ids):
+    assert pipe_text.tokenizer is not None and pipe_text.eos_token_id == EOS_ID
+    text = pipe_text.transcribe([FOX, SHORT], max_new_tokens=NEW)
+    ids = pipe_text.generate_ids([FOX, SHORT], max_new_tokens=NEW)
+    assert text == pipe_text.tokenizer.batch_decode(ids, skip_special_tokens=True)
+    assert all(isinstance(t, str) for t in text) and any(text)
+    # Same as the templated prompt tokenized by hand, truncated at EOS.
+    templated = chat_ids("<|audio|>" + TRANSCRIBE_INSTRUCTION)
+    manual = SpeechPipeline(pipe_ids.model, eos_token_id=EOS_ID)
+    assert manual.generate_ids([FOX, SHORT], prompt_ids=templated, max_new_tokens=NEW) == ids
+
+
+def test_translate_builds_the_instruction(pipe_text):
+    got = pipe_text.translate(FOX, "French", max_new_tokens=NEW)
+    want = pipe_text.generate(FOX, "<|audio|>translate the speech to French", max_new_tokens=NEW)
+    assert got == want and len(got) == 1
+
+
+def test_prompt_without_chat_template(pipe_text, pipe_ids):
+    got = pipe_text.generate_ids(FOX, "<|audio|>can you", max_new_tokens=NEW, chat_template=False)
+    prompt = tiny_tokenizer()("<|audio|>can you")["input_ids"]
+    manual = SpeechPipeline(pipe_ids.model, eos_token_id=EOS_ID)
+    assert got == manual.generate_ids(FOX, prompt_ids=prompt, max_new_tokens=NEW)
+
+
+# (c) batches: each row as if alone
+
+
+def test_batch_rows_equal_single_clips(pipe_ids):
+    prompts = [PROMPT_IDS, [9, AUDIO_ID, 10]]
+    batch = pipe_ids.generate_ids([FOX, SHORT], prompt_ids=prompts, max_new_tokens=NEW)
+    alone = [
+        pipe_ids.generate_ids(clip, prompt_ids=p, max_new_tokens=NEW)[0]
+        for clip, p in zip([FOX, SHORT], prompts, strict=True)
+    ]
+    assert batch == alone
+    assert batch[0] != batch[1]
+
+
+def test_batch_text_rows_equal_single_requests(pipe_text):
+    prompts = ["<|audio|>can you transcribe", "<|audio|>translate the speech to French"]
+    batch = pipe_text.generate([SHORT, FOX], prompts, max_new_tokens=NEW)
+    alone = [
+        pipe_text.generate(clip, prompt, max_new_tokens=NEW)[0]
+        for clip, prompt in zip([SHORT, FOX], prompts, strict=True)
+    ]
+    assert batch == alone
+
+
+# (d) text-only requests
+
+
+def test_text_only_request(pipe_text):
+    pipe_text.transcribe(FOX, max_new_tokens=1)
+    assert pipe_text.model.adapter_active
+    out = pipe_text.generate(prompt=["can you translate the speech", "French"], max_new_tokens=NEW)
+    assert len(out) == 2 and all(isinstance(t, str) for t in out)
+    assert not pipe_text.model.adapter_active
+
+
+# (e) bad input
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(audio=FOX, prompt="transcribe"), r"prompt 0 has 0 <\|audio\|> placeholders"),
+        (dict(audio=FOX, prompt="<|audio|><|audio|>"), "has 2"),
+        (dict(prompt="<|audio|> hello"), "no audio was given"),
+        (dict(audio=[FOX, SHORT], prompt=["<|audio|>"] * 3), "got 3 prompts for 2 audio clips"),
+        (dict(audio=FOX, prompt=[]), "empty list of prompts"),
+        (dict(audio=FOX, prompt="<|audio|>", prompt_ids=PROMPT_IDS), "not both"),
+        (dict(), "nothing to do"),
+        (dict(audio=FOX, prompt_ids=[1, 2, 3]), r"audio token id \(127\) 0 times"),
+        (dict(prompt_ids=PROMPT_IDS), r"audio token id \(127\) 1 times.*without audio needs 0"),
+        (dict(audio=FOX, max_new_tokens=0), "at least 1"),
+        (dict(audio=torch.zeros(10)), "too short"),
+    ],
+)
+def test_bad_input_raises_value_error(pipe_text, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pipe_text.generate(**kwargs)
+
+
+def test_without_tokenizer_errors(pipe_ids):
+    with pytest.raises(ValueError, match="a text prompt needs a tokenizer"):
+        pipe_ids.generate_ids(FOX)
+    with pytest.raises(ValueError, match="a text prompt needs a tokenizer"):
+        pipe_ids.generate_ids(FOX, "<|audio|> hi")
+    with pytest.raises(ValueError, match="decoding needs a tokenizer"):
+        pipe_ids.transcribe(FOX)
+
+
+def test_tokenizer_audio_id_must_match_model(pipe_ids):
+    processor = GraniteSpeechProcessor(tokenizer=tiny_tokenizer(), audio_token="speech")
+    with pytest.raises(ValueError, match="maps speech to 10 but the model's audio_token_index"):
+        SpeechPipeline(pipe_ids.model, processor)
