@@ -7,6 +7,7 @@ Importing this package registers the `granite_speech` architecture (variants `3.
 from granite_fms.checkpoint import fms_config_from_hf, load_model
 from granite_fms.conformer import ConformerConfig, ConformerEncoder
 from granite_fms.granite_speech import GraniteSpeech, GraniteSpeechConfig
+from granite_fms.pipeline import SpeechPipeline
 from granite_fms.qformer import QFormerConfig, QFormerProjector
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "GraniteSpeechConfig",
     "QFormerConfig",
     "QFormerProjector",
+    "SpeechPipeline",
     "fms_config_from_hf",
     "load_model",
 ]
