@@ -5,13 +5,17 @@
     pipe.translate("a.wav", "French")          # ["..."]
     pipe.generate(prompt="What is 2 + 2?")     # text only: the LoRA adapter is off
     pipe.generate_ids(clip, prompt_ids=ids)    # token ids in and out, no tokenizer needed
+    pipe.compile()                             # or from_pretrained(..., compile=True)
 
-Every request is a batch: one clip or a list in, a list out. Prompts are left-padded with
+Every request is a batch: one clip or a list in, a list out. Eager, prompts are left-padded with
 `fms.utils.generation.pad_input_ids` and decoded greedily with `fms.utils.generation.generate`
-and a KV cache; each row keeps its new tokens up to (not including) the first EOS.
+and FMS's KV cache. Compiled (`compile()`), the same requests run through
+`granite_fms.generation.Generator`: bucketed shapes, a static KV cache and three graphs (audio
+path, prefill, decode step), with CUDA graphs on a GPU. Either way each row keeps its new tokens
+up to (not including) the first EOS.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from fms.utils.generation import generate, pad_input_ids
 
 from granite_fms.checkpoint import load_model
 from granite_fms.features import AudioClip
+from granite_fms.generation import BucketPolicy, Generator
 from granite_fms.granite_speech import GraniteSpeech
 from granite_fms.processor import GraniteSpeechProcessor
 
@@ -41,6 +46,7 @@ class SpeechPipeline:
     model: GraniteSpeech
     processor: GraniteSpeechProcessor = field(default_factory=GraniteSpeechProcessor)
     eos_token_id: int | None = None
+    generator: Generator | None = None
 
     def __post_init__(self):
         if self.tokenizer is None:
@@ -61,13 +67,31 @@ class SpeechPipeline:
         *,
         dtype: torch.dtype | None = None,
         device: str | torch.device = "cpu",
+        compile: bool = False,
     ) -> "SpeechPipeline":
         """Model and processor from a local Hugging Face checkpoint directory.
 
         The tokenizer is loaded if the directory has tokenizer files (the released ones do).
+        `compile=True` is `compile()` with its defaults.
         """
         model = load_model(model_dir, dtype=dtype, device=device)
-        return cls(model, GraniteSpeechProcessor.from_pretrained(model_dir))
+        pipe = cls(model, GraniteSpeechProcessor.from_pretrained(model_dir))
+        return pipe.compile() if compile else pipe
+
+    def compile(
+        self,
+        *,
+        mode: str | None = None,
+        backend: str | Callable = "inductor",
+        policy: BucketPolicy | None = None,
+    ) -> "SpeechPipeline":
+        """Generate through compiled graphs from now on (the recommended way to serve).
+
+        Each new bucket compiles on its first request (see `BucketPolicy`); `mode` defaults to
+        "reduce-overhead" (CUDA graphs for the decode step) on a GPU and None on CPU.
+        """
+        self.generator = Generator(self.model, policy, backend=backend, mode=mode)
+        return self
 
     @property
     def tokenizer(self):
@@ -160,6 +184,10 @@ class SpeechPipeline:
                 for row, count in zip(rows, counts, strict=True)
             ]
             extra = features.as_dict()
+        if self.generator is not None:
+            return self.generator.generate(
+                inputs, features, max_new_tokens=max_new_tokens, eos_token_id=self.eos_token_id
+            )
         ids, padding = pad_input_ids([row.to(self.device) for row in inputs])
         out = generate(
             self.model,
