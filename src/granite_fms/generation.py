@@ -238,6 +238,12 @@ class Generator:
         self.mode = mode if compile else None
         self._caches: dict[tuple[int, int], list] = {}
 
+        # Each region is one code object with a graph per bucket; dynamo's default limit (8)
+        # would silently fall back to eager past 8 buckets.
+        limit = len(self.policy.audio_frames) * len(self.policy.prompt_tokens) * 4
+        limit *= len(self.policy.batch)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+
         def region(fn: Callable, region_mode: str | None = None) -> Callable:
             if not compile:
                 return fn

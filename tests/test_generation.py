@@ -1,0 +1,214 @@
+"""Compiled generation: one graph per region, a bounded number of graphs, eager's tokens."""
+
+import pytest
+import torch
+from fms.utils.generation import generate, pad_input_ids
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from granite_fms.features import AudioFeatures
+from granite_fms.generation import BucketPolicy, Generator
+from granite_fms.pipeline import SpeechPipeline
+from helpers import rel_err
+
+
+@pytest.fixture
+def strict_dynamo():
+    """Fail instead of silently falling back to eager when a recompile limit is hit."""
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        yield
+    torch._dynamo.reset()
+
+
+def _request(model, frames: list[int], suffixes: list[int]):
+    """Prompts with expanded placeholders and a padded feature batch for clips of `frames`."""
+    audio_id = model.config.audio_token_index
+    feats = torch.zeros(len(frames), max(frames), 160)
+    mask = torch.zeros(len(frames), max(frames), dtype=torch.bool)
+    for i, n in enumerate(frames):
+        feats[i, :n] = torch.randn(n, 160)
+        mask[i, :n] = True
+    counts = model.audio_token_counts(mask)
+    ids = [
+        torch.tensor([1, 5] + [audio_id] * int(c) + list(range(7, 7 + s)))
+        for c, s in zip(counts, suffixes, strict=True)
+    ]
+    return ids, AudioFeatures(feats, mask, counts)
+
+
+def _fms_generate(model, ids, feats=None, mask=None, new=6):
+    """Reference: FMS's own eager `generate` with its dynamic cache, one request at a time."""
+    x, padding = pad_input_ids([ids])
+    extra = dict(padding)
+    if feats is not None:
+        extra.update(input_features=feats, input_features_mask=mask)
+    out = generate(
+        model,
+        x,
+        max_seq_len=x.shape[1] + new,
+        max_new_tokens=new,
+        do_sample=False,
+        use_cache=True,
+        prepare_model_inputs_hook=model.prepare_inputs_for_generation,
+        extra_kwargs=extra,
+    )
+    return out[0, x.shape[1] :].tolist()
+
+
+def test_bucket_policy():
+    policy = BucketPolicy()
+    assert [policy.frames(n) for n in (1, 200, 201, 1500, 1600)] == [200, 200, 400, 1600, 1600]
+    assert policy.frames(1601) == 3200 and policy.frames(4000) == 4800  # longer audio: more
+    assert [policy.rows(n) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 4, 8]
+    assert policy.tokens(65) == 128 and policy.tokens(513) == 1024
+    assert policy.cache_len(128, 200) == 512
+    with pytest.raises(ValueError, match="increasing"):
+        BucketPolicy(audio_frames=(400, 200))
+
+
+def test_three_graphs_and_fms_tokens_for_a_mixed_batch(pair_33, strict_dynamo):
+    """Audio path, prefill and decode: one fullgraph graph each; tokens equal FMS's eager."""
+    _, fm = pair_33
+    ids, feats = _request(fm, [61, 23, 45], [2, 0, 5])
+    cnt = CompileCounterWithBackend("eager")
+    out = Generator(fm, backend=cnt).generate(ids, feats, max_new_tokens=6)
+    assert cnt.frame_count == 3
+    for i, row in enumerate(ids):
+        n = int(feats.input_features_mask[i].sum())
+        ref = _fms_generate(
+            fm, row, feats.input_features[i : i + 1, :n], feats.input_features_mask[i : i + 1, :n]
+        )
+        assert out[i] == ref
+
+
+def test_bucketing_changes_no_output(pair_33):
+    """Prefill logits of a padded bucket equal the unpadded forward (fp32 rounding only)."""
+    _, fm = pair_33
+    ids, feats = _request(fm, [61], [3])
+    gen = Generator(fm, compile=False)
+    p = gen.prepare(ids, feats, max_new_tokens=4)
+    assert p.input_ids.shape[1] == 64 and p.features.shape[1] == 200
+    with torch.no_grad():
+        fm.start_request(True)
+        embeds = gen.embed(p.input_ids, p.features, p.frame_mask)
+        got = gen.prefill(embeds, p.position_ids, p.cache, torch.arange(p.prompt_len), p.key_valid)
+        ref = fm(ids[0][None], input_features=feats.input_features)[:, -1]
+    assert rel_err(ref, got) < 1e-5
+
+
+def test_recompiles_bounded_over_lengths_prompts_and_batches(pair_33, strict_dynamo):
+    """9 audio lengths (0.5-30 s), varying prompts, batch 1-4: graphs = buckets hit, then none."""
+    _, fm = pair_33
+    policy = BucketPolicy()
+    seconds = [0.5, 1.3, 2.9, 4.7, 7.5, 11, 17, 23, 30]
+    sweep = []
+    for i, s in enumerate(seconds):
+        batch = i % 4 + 1
+        frames = [max(1, int(s * 50) - 7 * j) for j in range(batch)]
+        sweep.append(_request(fm, frames, [(i + j) % 5 for j in range(batch)]))
+    text_only = [torch.tensor([1, 5, 6, 7]), torch.tensor([1, 9])]
+    cnt = CompileCounterWithBackend("eager")
+    gen = Generator(fm, policy, backend=cnt)
+    expected = set()
+    new = 3
+    for ids, feats in sweep:
+        gen.generate(ids, feats, max_new_tokens=new)
+        rows = policy.rows(len(ids))
+        seq = policy.tokens(max(len(r) for r in ids))
+        cache = policy.cache_len(seq, new)
+        expected |= {
+            ("embed", policy.frames(feats.input_features.shape[1]), rows, seq),
+            ("prefill", rows, seq, cache),
+            ("decode", rows, cache),
+        }
+    assert cnt.frame_count == len(expected)
+    # The documented bound for 0-30 s, batch <= 4 and one max_new_tokens: 4 audio buckets x
+    # 3 batch buckets for the audio path (x prompt buckets, but audio length fixes those),
+    # 4 prompt x 3 batch buckets for prefill, 2 cache lengths x 3 batch buckets for decode.
+    assert cnt.frame_count <= 4 * 3 * 2 + 4 * 3 + 2 * 3
+    before = cnt.frame_count
+    for ids, feats in sweep:  # every shape again: nothing new
+        gen.generate(ids, feats, max_new_tokens=new)
+    assert cnt.frame_count == before
+    gen.generate(text_only, max_new_tokens=new)  # text only: prefill and decode, no audio path
+    cache = policy.cache_len(64, new)
+    expected |= {("prefill", 2, 64, cache), ("decode", 2, cache)}
+    assert cnt.frame_count == len(expected)
+
+
+def test_adapter_switch_reuses_graphs(pair_33, strict_dynamo):
+    """Speech, text-only, speech: the LoRA scale is a buffer, so no graph is recompiled."""
+    _, fm = pair_33
+    ids, feats = _request(fm, [40], [3])
+    text = [torch.tensor([1, 5] + [6] * 10 + [7])]  # same prompt bucket as the speech request
+    cnt = CompileCounterWithBackend("eager")
+    gen = Generator(fm, backend=cnt)
+    speech = gen.generate(ids, feats, max_new_tokens=4)
+    assert fm.adapter_active
+    text_out = gen.generate(text, max_new_tokens=4)
+    assert not fm.adapter_active
+    assert gen.generate(ids, feats, max_new_tokens=4) == speech
+    assert cnt.frame_count == 3
+    assert text_out == [_fms_generate(fm, text[0], new=4)]
+
+
+def test_long_audio_takes_a_larger_bucket_not_truncated(pair_33):
+    """35 s (1750 frames) is past the largest bucket: padded to 3200 frames, all tokens kept."""
+    _, fm = pair_33
+    ids, feats = _request(fm, [1750], [1])
+    gen = Generator(fm, compile=False)
+    p = gen.prepare(ids, feats, max_new_tokens=4)
+    assert p.features.shape[1] == 3200
+    assert int((p.input_ids == fm.config.audio_token_index).sum()) == 351
+    ref = _fms_generate(fm, ids[0], feats.input_features, feats.input_features_mask, new=4)
+    assert gen.generate(ids, feats, max_new_tokens=4) == [ref]
+
+
+def test_inductor_generation_matches_eager(pair_33):
+    """The real thing once: Inductor-compiled regions give eager's logits and tokens."""
+    _, fm = pair_33
+    torch._dynamo.reset()
+    ids, feats = _request(fm, [45, 30], [2, 4])
+    eager = Generator(fm, compile=False)
+    compiled = Generator(fm)
+    assert compiled.generate(ids, feats, max_new_tokens=5) == eager.generate(
+        ids, feats, max_new_tokens=5
+    )
+    p = eager.prepare(ids, feats, max_new_tokens=5)
+    position = torch.arange(p.prompt_len)
+    with torch.no_grad():
+        embeds = eager.embed(p.input_ids, p.features, p.frame_mask)
+        assert rel_err(embeds, compiled.embed(p.input_ids, p.features, p.frame_mask)) < 1e-5
+        ref = eager.prefill(embeds, p.position_ids, p.cache, position, p.key_valid)
+        got = compiled.prefill(embeds, p.position_ids, p.cache, position, p.key_valid)
+    assert rel_err(ref, got) < 1e-5
+
+
+def test_pipeline_compile_gives_eager_ids(ckpt_33, pair_33, strict_dynamo):
+    _, fm = pair_33
+    pipe = SpeechPipeline(fm)
+    clips = [torch.randn(16000), torch.randn(9000)]
+    prompt = [1, 5, fm.config.audio_token_index, 7]
+    eager = pipe.generate_ids(clips, prompt_ids=prompt, max_new_tokens=5)
+    cnt = CompileCounterWithBackend("eager")
+    assert pipe.compile(backend=cnt) is pipe
+    assert pipe.generate_ids(clips, prompt_ids=prompt, max_new_tokens=5) == eager
+    assert cnt.frame_count == 3
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda fm: ([torch.tensor([1, fm.config.audio_token_index])], None), "no audio"),
+        (lambda fm: (_request(fm, [30], [0])[0], _request(fm, [60], [0])[1]), "do not match"),
+        (
+            lambda fm: (_request(fm, [30, 30], [0, 0])[0][:1], _request(fm, [30, 30], [0, 0])[1]),
+            "1 prompts for 2",
+        ),
+    ],
+)
+def test_bad_requests_raise(pair_33, make, match):
+    _, fm = pair_33
+    ids, feats = make(fm)
+    with pytest.raises(ValueError, match=match):
+        Generator(fm, compile=False).generate(ids, feats, max_new_tokens=2)
