@@ -290,8 +290,7 @@ def render_templates(ctx: Context) -> list[Path]:
     if errors:
         raise SystemExit(
             "gen_docs: unresolved template placeholders (add the key to the result file's "
-            'JSON, or give the placeholder an explicit | default("...")):\n  '
-            + "\n  ".join(errors)
+            'JSON, or give the placeholder an explicit | default("...")):\n  ' + "\n  ".join(errors)
         )
     return written
 
