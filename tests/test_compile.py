@@ -1,5 +1,6 @@
 """The audio path and the LLM compile as single graphs; the adapter switch reuses them."""
 
+import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
@@ -64,3 +65,21 @@ def test_inductor_audio_path_matches_eager(pair_33):
     compiled = torch.compile(fm.embed_audio_and_text, fullgraph=True)
     with torch.no_grad():
         assert rel_err(fm.embed_audio_and_text(ids, feats, mask), compiled(ids, feats, mask)) < 1e-5
+
+
+def test_whole_forward_with_audio_is_one_graph(pair_33):
+    """`model(ids, input_features=...)`: validation included, fullgraph, no host sync."""
+    _, fm = pair_33
+    feats = torch.randn(1, 45, 160)
+    ids = audio_prompt(fm.config.audio_token_index, n_tokens(fm, 45))
+    cnt = _counter("aot_eager")
+    compiled = torch.compile(fm, backend=cnt, fullgraph=True)
+    with torch.no_grad():
+        fm.start_request(True)
+        assert rel_err(fm(ids, input_features=feats), compiled(ids, input_features=feats)) < 1e-6
+        bad = audio_prompt(
+            fm.config.audio_token_index, n_tokens(fm, 45) - 3, suffix=(7, 8, 9, 9, 9)
+        )
+        with pytest.raises(RuntimeError, match="audio placeholders and audio embeddings"):
+            compiled(bad, input_features=feats)  # same shapes, wrong count: the device check
+    assert cnt.frame_count == 1

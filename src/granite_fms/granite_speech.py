@@ -31,6 +31,7 @@ from granite_fms.qformer import QFormerConfig, QFormerProjector
 
 logger = logging.getLogger(__name__)
 
+_COUNT_MISMATCH = "audio placeholders and audio embeddings do not match"
 AdapterMode = Literal["auto", "on", "off"]
 
 
@@ -219,7 +220,11 @@ class GraniteSpeech(nn.Module):
     def check_audio_inputs(
         self, input_ids: torch.Tensor, features: torch.Tensor, frame_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """Validate shapes and placeholder counts (eager, on the host); return the frame mask."""
+        """Validate shapes and placeholder counts; return the frame mask (as bool).
+
+        Eager, a count mismatch is a ValueError raised on the host; under torch.compile it is
+        an asynchronous device-side assert, so the whole forward stays one graph.
+        """
         enc = self.config.encoder_config
         if features.dim() != 3 or features.shape[-1] != enc.input_dim:
             raise ValueError(
@@ -234,13 +239,16 @@ class GraniteSpeech(nn.Module):
                 f"(a mask over encoder frames), got {tuple(frame_mask.shape)}"
             )
         frame_mask = frame_mask.to(torch.bool)
-        n_tokens = int((input_ids == self.config.audio_token_index).sum())
-        n_embeds = int(self.audio_token_counts(frame_mask).sum())
-        if n_tokens != n_embeds:
+        n_tokens = (input_ids == self.config.audio_token_index).sum()
+        n_embeds = self.audio_token_counts(frame_mask).sum()
+        if torch.compiler.is_compiling():
+            # Inside a graph the counts are never read on the host: the check runs on the
+            # device when the graph runs (RuntimeError on CPU, a device assert on CUDA).
+            torch._assert_async(n_tokens == n_embeds, _COUNT_MISMATCH)
+        elif int(n_tokens) != int(n_embeds):
             raise ValueError(
-                f"audio placeholders and audio embeddings do not match: the prompt holds "
-                f"{n_tokens} audio tokens (id {self.config.audio_token_index}) but the audio "
-                f"gives {n_embeds} embeddings"
+                f"{_COUNT_MISMATCH}: the prompt holds {int(n_tokens)} audio tokens (id "
+                f"{self.config.audio_token_index}) but the audio gives {int(n_embeds)} embeddings"
             )
         return frame_mask
 
