@@ -279,20 +279,22 @@ def render_template(text: str, ctx: Context, source: str) -> tuple[str, list[str
 
 
 def render_templates(ctx: Context) -> list[Path]:
-    written, errors = [], []
+    rendered, errors = {}, []
     for template in sorted(TEMPLATES.glob("*.md")):
         source = str(template.relative_to(REPO))
         text, errs = render_template(template.read_text(), ctx, source)
         errors += errs
-        out = DOCS / template.name
-        out.write_text(_with_banner(text, source))
-        written.append(out)
+        rendered[DOCS / template.name] = _with_banner(text, source)
     if errors:
+        for out in rendered:  # no page with unresolved placeholders is left behind
+            out.unlink(missing_ok=True)
         raise SystemExit(
             "gen_docs: unresolved template placeholders (add the key to the result file's "
             'JSON, or give the placeholder an explicit | default("...")):\n  ' + "\n  ".join(errors)
         )
-    return written
+    for out, text in rendered.items():
+        out.write_text(text)
+    return list(rendered)
 
 
 def _with_banner(text: str, source: str) -> str:
@@ -322,6 +324,8 @@ def copy_referenced_files(md: str, name: str, out_dir: Path) -> str:
         if not _is_relative(target):
             continue
         rel = target.split("#", 1)[0]
+        if rel in {f"{page}.md" for page in RESULT_PAGES}:
+            continue  # another results page: the generated page of that name is the target
         src = (RESULTS / rel).resolve()
         if RESULTS.resolve() not in src.parents:
             missing.append(f"{target} (outside results/)")
@@ -559,6 +563,7 @@ def _fresh_dir(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global RESULTS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--skip-notebook",
@@ -567,7 +572,14 @@ def main(argv: list[str] | None = None) -> int:
         "previous run (it must exist)",
     )
     parser.add_argument("--notebook-timeout", type=int, default=600, help="seconds per cell")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="directory of result files (default results/; another one for trying pages out)",
+    )
     args = parser.parse_args(argv)
+    RESULTS = args.results.resolve()
 
     ctx = Context()
     written = render_templates(ctx)
