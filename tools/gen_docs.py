@@ -503,6 +503,18 @@ def git_log() -> list[tuple[str, str, str]]:
     return [tuple(line.split("\x1f", 2)) for line in out.splitlines() if line.count("\x1f") == 2]
 
 
+def _markdown_text(text: str) -> str:
+    """Markdown syntax in a commit subject is text; `code spans` stay code spans."""
+    parts, special = text.split("`"), "\\*_[]|"
+    if len(parts) % 2 == 0:  # an unpaired backtick: no code spans at all
+        parts, special = [text], special + "`"
+    for i in range(0, len(parts), 2):
+        for char in special:
+            parts[i] = parts[i].replace(char, "\\" + char)
+        parts[i] = parts[i].replace("<", "&lt;")
+    return "`".join(parts)
+
+
 def write_changelog() -> Path:
     commits = git_log()
     lines = [
@@ -520,8 +532,7 @@ def write_changelog() -> Path:
         if monday != week:
             week = monday
             lines.append(f"\n## Week of {monday.isoformat()}\n")
-        subject = subject.replace("|", "\\|").replace("<", "&lt;")
-        lines.append(f"- {date} `{short}` {subject}")
+        lines.append(f"- {date} `{short}` {_markdown_text(subject)}")
     path = DOCS / "changelog.md"
     path.write_text("\n".join(lines) + "\n")
     return path
