@@ -181,6 +181,16 @@ class ConformerEncoder(nn.Module):
         dists = (pos.view(-1, 1) - pos.view(1, -1)).clamp(-ctx, ctx)
         return dists + self.config.max_pos_emb
 
+    def set_attn_backend(self, backend: str) -> None:
+        """Switch every block's attention between "math" (reference) and "auto" (fused).
+
+        Overrides `config.attn_backend` for this module only (configs may be shared).
+        """
+        if backend not in ("math", "auto"):
+            raise ValueError(f"attn_backend must be 'math' or 'auto', got {backend!r}")
+        for layer in self.layers:
+            layer.attn.force_math = backend == "math"
+
     def post_init(self) -> None:
         """Rebuild the non-persistent buffer after meta-device construction."""
         self.attention_dists = self._attention_dists(self.input_linear.weight.device)
