@@ -40,6 +40,25 @@ def test_encoder_real_context_lengths(pair_ctx200, frames):
     assert rel_err(ref, out) < TOL
 
 
+def test_fused_attention_backend_matches_hf_in_fp32(pair_33):
+    """attn_backend "auto" (fused SDPA) changes only rounding on a small encoder."""
+    hf, fm = pair_33
+    x = torch.randn(2, 47, 160)
+    mask = torch.ones(2, 47, dtype=torch.bool)
+    mask[1, 30:] = False
+    with torch.no_grad():
+        ref = hf.model.encoder(x[:1]).last_hidden_state
+        fm.encoder.set_attn_backend("auto")
+        try:
+            fused = fm.encoder(x, mask)
+        finally:
+            fm.encoder.set_attn_backend("math")
+    assert all(layer.attn.force_math for layer in fm.encoder.layers)  # back to the reference
+    assert rel_err(ref, fused[:1]) < TOL
+    with pytest.raises(ValueError, match="attn_backend"):
+        fm.encoder.set_attn_backend("flash")
+
+
 def test_merged_embeddings_match_hf(pair_33):
     hf, fm = pair_33
     x = torch.randn(1, 47, 160)
