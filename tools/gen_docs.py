@@ -373,7 +373,9 @@ def result_page(name: str, ctx: Context, out_dir: Path) -> str:
     title, session, script = RESULT_PAGES[name]
     data = ctx.get(name)
     md_path = RESULTS / f"{name}.md"
-    head = GENERATED_BANNER.format(source=f"results/{name}.json and results/{name}.md")
+    # Result tables are wide: the page gives up the left navigation (the tabs stay).
+    head = "---\nhide:\n  - navigation\n---\n"
+    head += GENERATED_BANNER.format(source=f"results/{name}.json and results/{name}.md")
     head += f"# {title}\n\n"
     if data is None:
         return head + (
@@ -389,13 +391,15 @@ def result_page(name: str, ctx: Context, out_dir: Path) -> str:
         f"    {data['derived']['provenance']}\n\n"
         f"    Produced by `{script}` (`{session}`). Raw data: [{name}.json]({name}.json).\n\n"
     )
+    md = ""
     if md_path.is_file():
         md = copy_referenced_files(md_path.read_text(), name, out_dir)
         page += strip_own_header(md)
     else:
         page += f"`results/{name}.md` does not exist; only the raw JSON is available.\n"
     evidence = data.get("evidence")
-    if isinstance(evidence, dict) and evidence:
+    # The evidence keys, unless the Markdown already lists every one of them.
+    if isinstance(evidence, dict) and evidence and not all(f"`{k}`" in md for k in evidence):
         page += (
             "\n## Evidence keys\n\nThe values that the compile guidelines quote, as "
             f"`{name}.evidence.<key>` placeholders.\n\n" + evidence_table(evidence)
