@@ -15,7 +15,9 @@ Every page written here is rebuilt on each run and is not committed (see .gitign
 Placeholders in templates: `{{ NAME.PATH }}` is the value at PATH (dotted keys) in
 results/NAME.json, e.g. `{{ census.evidence.fms_forward_graph_breaks }}`, plus values this
 script derives under `NAME.derived.*` (see `derive`). Filters, applied left to right:
-`| default("text")` when the file or key is missing, `| fmt(".2f")` a format spec for numbers.
+`| default("text")` when the file or key is missing, `| fmt(".2f")` a format spec for numbers,
+`| suffix("x")` text appended to numbers only (a string value such as "not measured yet" stays
+as it is).
 A placeholder without `default` whose file or key is missing is an error: the run stops and
 lists every such placeholder. Floats print with 3 significant digits unless `fmt` says otherwise;
 booleans print as yes/no.
@@ -246,10 +248,10 @@ def render_expression(expr: str, ctx: Context) -> str:
     if not match:
         raise TemplateError(
             f"cannot parse {{{{{expr}}}}}: expected NAME.KEY[.KEY...] followed by optional "
-            '| default("...") and | fmt("...")'
+            '| default("..."), | fmt("...") and | suffix("...")'
         )
     filters = [(f["name"], f["arg"]) for f in FILTER.finditer(match["filters"])]
-    unknown = [name for name, _ in filters if name not in ("default", "fmt")]
+    unknown = [name for name, _ in filters if name not in ("default", "fmt", "suffix")]
     if unknown:
         raise TemplateError(f"unknown filter(s) {unknown} in {{{{{expr}}}}}")
     try:
@@ -260,10 +262,13 @@ def render_expression(expr: str, ctx: Context) -> str:
             raise
         return defaults[0]
     spec = next((arg for name, arg in filters if name == "fmt"), None)
+    suffix = next((arg for name, arg in filters if name == "suffix"), "")
     try:
-        return format_value(value, spec)
+        text = format_value(value, spec)
     except ValueError as e:
         raise TemplateError(f"{{{{{expr}}}}}: format {spec!r} does not apply to {value!r}") from e
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return text + suffix if is_number else text
 
 
 def render_template(text: str, ctx: Context, source: str) -> tuple[str, list[str]]:
