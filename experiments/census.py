@@ -34,9 +34,12 @@ Evidence (`evidence` in census.json), for every row key K (hf_encoder, hf_projec
 hf_audio_path, hf_prefill, hf_decode, hf_prefill_static, hf_decode_static, hf_forward,
 hf_adapter_switch, fms_encoder, fms_projector, fms_merge, fms_audio_path, fms_prefill,
 fms_decode, fms_forward, fms_adapter_switch, fms_gen_embed, fms_gen_prefill, fms_gen_decode,
-fms_gen_generate): K_graphs, K_graph_breaks, K_fullgraph_ok, K_recompiles and, where measured,
-K_compile_s. Plus: recompile_limit, sweep_calls; hf_forward_break_sites (distinct break
-reasons); hf_recompile_limit_hits, fms_recompile_limit_hits (summed over the side's rows);
+fms_gen_generate): K_graphs, K_graph_breaks, K_fullgraph_ok, K_recompiles,
+K_max_compiles_per_frame (the most compiles of one code object, which is what `recompile_limit`
+caps) and, where measured, K_compile_s. Plus: recompile_limit, default_recompile_limit, sweep_calls;
+hf_forward_break_sites (distinct break reasons); hf_recompile_limit_hits,
+fms_recompile_limit_hits (summed over the side's rows), hf_exceeds_default_recompile_limit,
+fms_exceeds_default_recompile_limit (some row's max compiles per frame above the default);
 fms_bucketed_recompiles (graphs `Generator.generate` compiled after the first request),
 fms_bucketed_graphs (all it compiled over the sweep), fms_bucketed_padded_shapes (distinct
 padded shapes summed over its regions: the graphs the policy predicts); bucket_padding_max_rel
@@ -53,6 +56,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -60,6 +64,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch._dynamo.testing import CompileCounterWithBackend
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import REPO, one_line, provenance  # noqa: E402
@@ -163,6 +168,24 @@ class LimitHits(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if "hit config." in record.getMessage():
             self.count += 1
+
+
+class Counter(CompileCounterWithBackend):
+    """Graphs compiled (eager backend) and, per frame, its compiles: what recompile_limit caps."""
+
+    def __init__(self):
+        super().__init__("eager")
+        self.per_frame: dict[int, int] = {}
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        compile_id = torch._guards.CompileContext.current_compile_id()
+        if compile_id is not None:
+            self.per_frame[compile_id.frame_id] = compile_id.frame_compile_id + 1
+        return super().__call__(gm, example_inputs)
+
+    @property
+    def max_per_frame(self) -> int:
+        return max(self.per_frame.values(), default=0)
 
 
 def hf_regions(hf) -> list[Region]:
@@ -290,7 +313,7 @@ def measure(region: Region, sweep: list[Inputs], hits: LimitHits) -> dict:
     row = {"key": region.key, "impl": region.impl, "region": region.region, "entry": region.entry}
     row.update(static_facts(region.fn, region.args(sweep[0])))
     torch._dynamo.reset()
-    counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
+    counter = Counter()
     compiled = torch.compile(region.fn, backend=counter)
     hits.count = 0
     compiled(*region.args(sweep[0]))
@@ -300,7 +323,9 @@ def measure(region: Region, sweep: list[Inputs], hits: LimitHits) -> dict:
     row.update(
         graphs_first_call=warm,
         recompiles_over_sweep=counter.frame_count - warm,
+        max_compiles_per_frame=counter.max_per_frame,
         recompile_limit_hits=hits.count,
+        recompile_limit=torch._dynamo.config.recompile_limit,
         sweep_calls=len(sweep),
         compile_s=None,
     )
@@ -335,7 +360,7 @@ def adapter_rows(hf, fm, hits: LimitHits) -> list[dict]:
         row = {"key": f"{impl}_adapter_switch", "impl": impl, "region": "adapter_switch"}
         row.update(entry=entry, **static_facts(fn, (ids,)))
         torch._dynamo.reset()
-        counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
+        counter = Counter()
         compiled = torch.compile(fn, backend=counter)
         hits.count = 0
         outs = [compiled(ids)]
@@ -347,7 +372,9 @@ def adapter_rows(hf, fm, hits: LimitHits) -> list[dict]:
         row.update(
             graphs_first_call=warm,
             recompiles_over_sweep=counter.frame_count - warm,
+            max_compiles_per_frame=counter.max_per_frame,
             recompile_limit_hits=hits.count,
+            recompile_limit=torch._dynamo.config.recompile_limit,
             sweep_calls=len(outs),
             compile_s=None,
             switch_changes_output=not torch.allclose(outs[0], outs[1]),
@@ -399,7 +426,7 @@ def generator_rows(fm, sweep: list[Inputs], hits: LimitHits) -> tuple[list[dict]
     run_generate(eager, sweep[0])
 
     torch._dynamo.reset()
-    counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
+    counter = Counter()
     compiled: dict[str, list[int]] = {name: [] for name in GEN_REGIONS}  # per request
     shapes: dict[str, set] = {name: set() for name in GEN_REGIONS}
     limit_hits = dict.fromkeys(GEN_REGIONS, 0)
@@ -431,7 +458,9 @@ def generator_rows(fm, sweep: list[Inputs], hits: LimitHits) -> tuple[list[dict]
         row.update(
             graphs_first_call=compiled[name][0],
             recompiles_over_sweep=sum(compiled[name][1:]),
+            max_compiles_per_frame=sum(compiled[name]),  # fullgraph: one frame per region
             recompile_limit_hits=limit_hits[name],
+            recompile_limit=torch._dynamo.config.recompile_limit,
             sweep_calls=len(sweep),
             padded_shapes=len(shapes[name]),
             compile_s=None,
@@ -451,7 +480,9 @@ def generator_rows(fm, sweep: list[Inputs], hits: LimitHits) -> tuple[list[dict]
         "fullgraph_error": None,
         "graphs_first_call": warm,
         "recompiles_over_sweep": counter.frame_count - warm,
+        "max_compiles_per_frame": counter.max_per_frame,
         "recompile_limit_hits": sum(limit_hits.values()),
+        "recompile_limit": torch._dynamo.config.recompile_limit,
         "sweep_calls": len(sweep),
         "padded_shapes": sum(len(s) for s in shapes.values()),
         "compile_s": None,
@@ -460,22 +491,31 @@ def generator_rows(fm, sweep: list[Inputs], hits: LimitHits) -> tuple[list[dict]
     return [*rows.values(), generate], max_rel
 
 
-def evidence_of(rows: list[dict], sweep_calls: int, padding_max_rel: float) -> dict:
+def evidence_of(
+    rows: list[dict], sweep_calls: int, padding_max_rel: float, default_limit: int
+) -> dict:
     """Flat keys for the docs (see the module docstring)."""
-    out: dict = {"recompile_limit": RECOMPILE_LIMIT, "sweep_calls": sweep_calls}
+    out: dict = {
+        "recompile_limit": RECOMPILE_LIMIT,
+        "default_recompile_limit": default_limit,
+        "sweep_calls": sweep_calls,
+    }
     for row in rows:
         k = row["key"]
         out[f"{k}_graphs"] = row["graphs"]
         out[f"{k}_graph_breaks"] = row["graph_breaks"]
         out[f"{k}_fullgraph_ok"] = row["fullgraph_ok"]
         out[f"{k}_recompiles"] = row["recompiles_over_sweep"]
+        out[f"{k}_max_compiles_per_frame"] = row["max_compiles_per_frame"]
         if row["compile_s"] is not None:
             out[f"{k}_compile_s"] = row["compile_s"]
     by_key = {row["key"]: row for row in rows}
     out["hf_forward_break_sites"] = len(by_key["hf_forward"]["break_reasons"])
     for impl in ("hf", "fms"):
-        out[f"{impl}_recompile_limit_hits"] = sum(
-            row["recompile_limit_hits"] for row in rows if row["impl"] == impl
+        side = [row for row in rows if row["impl"] == impl]
+        out[f"{impl}_recompile_limit_hits"] = sum(row["recompile_limit_hits"] for row in side)
+        out[f"{impl}_exceeds_default_recompile_limit"] = any(
+            row["max_compiles_per_frame"] > default_limit for row in side
         )
     generate = by_key["fms_gen_generate"]
     out["fms_bucketed_recompiles"] = generate["recompiles_over_sweep"]
@@ -500,13 +540,19 @@ def markdown(report: dict) -> str:
         f"{'+'.join(f'{s:g}' for s in r['seconds'])} s, suffix {r['suffix']}"
         for r in sweep["requests"]
     )
+    cores = report["provenance"]["device"]["cpu_affinity"] or 1
+    shared = report["load_average"][0] > cores
+    warning = " (**the machine was shared: compile times are inflated**)" if shared else ""
     lines = [
         "# Graph-break census: Hugging Face transformers vs granite-fms",
         "",
         f"Provenance: {one_line(report['provenance'])}",
         "",
         f"Generated by `experiments/census.py{' --quick' if report['quick'] else ''}` in "
-        f"{report['runtime_s']:.0f} s (full JSON: `census.json`). {report['checkpoint']}",
+        f"{report['runtime_s']:.0f} s (full JSON: `census.json`), load average "
+        f"{report['load_average'][0]:.2f} at start and {report['load_average_end'][0]:.2f} at end "
+        f"on {cores} cores{warning}. "
+        f"{report['checkpoint']}",
         "",
         "- graphs / breaks / reasons: `torch._dynamo.explain` on the first request of the sweep.",
         '- fullgraph: `torch.compile(fn, fullgraph=True, backend="eager")` on that request. With '
@@ -515,8 +561,11 @@ def markdown(report: dict) -> str:
         "`torch.compile` can still pass here.",
         "- recompiles over sweep: graphs compiled after the first request by `torch.compile(fn)` "
         '(default dynamic-shape settings) with a `CompileCounterWithBackend("eager")`, '
-        f"`recompile_limit` raised to {RECOMPILE_LIMIT}; limit hits: Dynamo's warnings that it "
-        "hit the limit.",
+        f"`recompile_limit` raised to {RECOMPILE_LIMIT} from its default "
+        f"{report['evidence']['default_recompile_limit']} (the Generator raises it further for "
+        "its own regions, to its policy's bound); limit hits: Dynamo's warnings that it hit the "
+        "limit; max compiles / frame: the most compiles of one code object, which is what the "
+        "limit caps.",
         f"- sweep ({len(sweep['requests'])} requests, one clip per row, rows padded with text "
         f"to equal length): {requests}. The adapter rows instead alternate the LoRA adapter "
         "on/off/on/off over four calls of one text-only prompt.",
@@ -530,14 +579,15 @@ def markdown(report: dict) -> str:
         "off), one run of the tiny model included.",
         "",
         "| impl | region | key | entry | graphs | breaks | fullgraph | recompiles over sweep "
-        "| padded shapes | limit hits | compile s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| max compiles / frame | padded shapes | limit hits | compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         lines.append(
             f"| {row['impl']} | {row['region']} | `{row['key']}` | `{row['entry']}` "
             f"| {row['graphs']} | {row['graph_breaks']} | {_cell(row['fullgraph_ok'])} "
             f"| {row['recompiles_over_sweep']} ({row['sweep_calls']} calls) "
+            f"| {row['max_compiles_per_frame']} "
             f"| {_cell(row.get('padded_shapes'))} | {row['recompile_limit_hits']} "
             f"| {_cell(row['compile_s'])} |"
         )
@@ -566,12 +616,13 @@ def main(argv: list[str] | None = None) -> int:
     from granite_fms.generation import BucketPolicy
     from granite_fms.testing import save_hf_checkpoint, tiny_hf_config
 
+    default_limit = torch._dynamo.config.recompile_limit
     torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
     torch._inductor.config.force_disable_caches = True
     hits = LimitHits()
     logging.getLogger("torch._dynamo.convert_frame").addHandler(hits)
     torch.set_grad_enabled(False)
-    start = time.perf_counter()
+    start, load = time.perf_counter(), os.getloadavg()
     config = tiny_hf_config("3.3", encoder_config=dict(context_size=200, max_pos_emb=512))
     with tempfile.TemporaryDirectory(prefix="census-") as tmp:
         hf = save_hf_checkpoint(tmp, config, lora_rank=4, lora_alpha=8.0, seed=0)
@@ -596,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
         "provenance": provenance(),
         "quick": args.quick,
         "runtime_s": round(runtime, 1),
+        "load_average": load,
+        "load_average_end": os.getloadavg(),
         "checkpoint": (
             "Random checkpoint written by HF's classes: `tiny_hf_config('3.3')` with the "
             "released encoder context (200 frames, max_pos_emb 512), peft LoRA r=4 on q/v, "
@@ -617,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
             "hf_static_cache_len": MAX_CACHE_LEN,
         },
         "rows": rows,
-        "evidence": evidence_of(rows, len(sweep), padding_max_rel),
+        "evidence": evidence_of(rows, len(sweep), padding_max_rel, default_limit),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
