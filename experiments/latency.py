@@ -152,9 +152,9 @@ QUICK_CPU = Settings(
 FULL_GPU = Settings(
     workloads=[(10, 1), (3, 1), (30, 1), (10, 4)],
     new_tokens=128,
-    stage_reps=(5, 30, 1.0),
-    e2e_reps=(3, 10, 8.0),
-    decode_runs=(2, 3, 4.0),
+    stage_reps=(5, 20, 0.5),
+    e2e_reps=(3, 5, 4.0),
+    decode_runs=(2, 2, 0.0),
     real_encoder_seconds=[],
     compile_real_encoder=False,
 )
