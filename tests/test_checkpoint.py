@@ -208,3 +208,19 @@ def test_not_a_granite_speech_checkpoint(tmp_path):
     GraniteConfig(architectures=["GraniteForCausalLM"]).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="not Granite Speech"):
         granite_fms.load_model(tmp_path)
+
+
+def test_variant_without_checkpoint_is_randomly_initialised():
+    """get_model without weights: every tensor initialised (FMS calls reset_parameters)."""
+    model = get_model("granite_speech", "tiny")
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        assert torch.isfinite(tensor).all(), name
+        if tensor.dim() >= 2 and ".lora_b_" not in name:  # LoRA B starts at zero, as in peft
+            assert tensor.abs().sum() > 0, name
+    running_vars = [m.running_var for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert running_vars and all((v > 0).all() for v in running_vars)
+    feats = torch.randn(1, 45, 160)
+    n = int(model.audio_token_counts(torch.ones(1, 45, dtype=torch.bool)))
+    ids = torch.tensor([[1] + [model.config.audio_token_index] * n + [2]])
+    with torch.no_grad():
+        assert torch.isfinite(model(ids, input_features=feats)).all()

@@ -31,6 +31,7 @@ from granite_fms.qformer import QFormerConfig, QFormerProjector
 
 logger = logging.getLogger(__name__)
 
+_TORCH_LAYERS = (nn.Linear, nn.LayerNorm, nn.Conv1d, nn.BatchNorm1d, nn.Embedding)
 _COUNT_MISMATCH = "audio placeholders and audio embeddings do not match"
 AdapterMode = Literal["auto", "on", "off"]
 
@@ -129,7 +130,11 @@ class GraniteSpeech(nn.Module):
         return self.config
 
     def reset_parameters(self) -> None:
+        """Random initialisation of every weight (FMS calls this when there is no checkpoint)."""
         self.language_model.reset_parameters()
+        for module in [*self.encoder.modules(), *self.projector.modules()]:
+            if isinstance(module, _TORCH_LAYERS):
+                module.reset_parameters()  # BatchNorm: running statistics too
         self.projector.reset_parameters()
         for lora in self._lora_modules():
             lora.reset_parameters()
