@@ -25,8 +25,8 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff check and format check."""
     session.install("ruff")
-    session.run("ruff", "check", "src", "tests", "experiments", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "experiments", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "experiments", "tools", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "experiments", "tools", "noxfile.py")
 
 
 @nox.session(python=PYTHON)
@@ -38,7 +38,7 @@ def parity(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Graph-break census and latency benchmark; writes results/{census,latency}.{json,md} and plots."""
+    """Graph-break census and latency benchmark -> results/{census,latency}.{json,md}, plots."""
     _install(session, "dev,docs")
     session.run("python", "experiments/census.py", *session.posargs)
     session.run("python", "experiments/latency.py", *session.posargs)
@@ -46,7 +46,7 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
-    """Refresh the generated pages from results/, build the site with --strict, check it in Chromium."""
+    """Regenerate pages from results/, build the site (--strict), check it in Chromium."""
     _install(session, "dev,docs")
     session.run("python", "tools/gen_docs.py")
     session.run("mkdocs", "build", "--strict")
