@@ -96,6 +96,20 @@ SWEEP = [
     Request((30,), 3),
 ]
 QUICK_SWEEP = [Request((0.5,), 2), Request((4.7, 1.3), 17), Request((30,), 3)]
+# Steady state: after the sweep, new audio and prompt lengths close to the sweep's (the same
+# batch sizes, so for the Generator the same buckets): what a warmed-up server still compiles.
+SECOND_SWEEP = [
+    Request((0.6,), 3),
+    Request((1.2,), 5),
+    Request((2.8, 1.4), 10),
+    Request((4.6,), 16),
+    Request((7.3, 2.7, 0.6), 5),
+    Request((10.6,), 8),
+    Request((16.5, 4.5, 10.5, 0.7), 13),
+    Request((22,), 19),
+    Request((29.5,), 4),
+]
+QUICK_SECOND_SWEEP = [Request((0.6,), 3), Request((4.6, 1.2), 16)]
 
 
 @dataclasses.dataclass
@@ -308,7 +322,7 @@ def static_facts(fn: Callable, args: tuple) -> dict:
     }
 
 
-def measure(region: Region, sweep: list[Inputs], hits: LimitHits) -> dict:
+def measure(region: Region, sweep: list[Inputs], second: list[Inputs], hits: LimitHits) -> dict:
     t0 = time.perf_counter()
     row = {"key": region.key, "impl": region.impl, "region": region.region, "entry": region.entry}
     row.update(static_facts(region.fn, region.args(sweep[0])))
@@ -320,9 +334,13 @@ def measure(region: Region, sweep: list[Inputs], hits: LimitHits) -> dict:
     warm = counter.frame_count
     for inputs in sweep[1:]:
         compiled(*region.args(inputs))
+    after_sweep = counter.frame_count
+    for inputs in second:
+        compiled(*region.args(inputs))
     row.update(
         graphs_first_call=warm,
-        recompiles_over_sweep=counter.frame_count - warm,
+        recompiles_over_sweep=after_sweep - warm,
+        recompiles_second_sweep=counter.frame_count - after_sweep,
         max_compiles_per_frame=counter.max_per_frame,
         recompile_limit_hits=hits.count,
         recompile_limit=torch._dynamo.config.recompile_limit,
@@ -406,7 +424,9 @@ def run_generate(gen, inputs: Inputs) -> None:
     gen.generate(list(inputs.input_ids), audio, max_new_tokens=NEW_TOKENS)
 
 
-def generator_rows(fm, sweep: list[Inputs], hits: LimitHits) -> tuple[list[dict], float]:
+def generator_rows(
+    fm, sweep: list[Inputs], second: list[Inputs], hits: LimitHits
+) -> tuple[list[dict], float]:
     """The recommended path (`Generator`, default `BucketPolicy`) over the sweep: a row per
     region, one for `generate`, and the padding check (max relative error of the logits)."""
     from granite_fms.generation import Generator
@@ -453,11 +473,16 @@ def generator_rows(fm, sweep: list[Inputs], hits: LimitHits) -> tuple[list[dict]
                  input_features_mask=inputs.frame_mask)[:, -1]  # fmt: skip
         out = prefill_logits[-1][: ref.shape[0]]
         max_rel = max(max_rel, float((out - ref).abs().max() / ref.abs().max()))
+    after_sweep = counter.frame_count
+    for inputs in second:
+        run_generate(gen, inputs)
+    second_compiles = counter.frame_count - after_sweep
     seconds = round((time.perf_counter() - t0) / len(GEN_REGIONS), 1)
     for name, row in rows.items():
         row.update(
             graphs_first_call=compiled[name][0],
             recompiles_over_sweep=sum(compiled[name][1:]),
+            recompiles_second_sweep=None,
             max_compiles_per_frame=sum(compiled[name]),  # fullgraph: one frame per region
             recompile_limit_hits=limit_hits[name],
             recompile_limit=torch._dynamo.config.recompile_limit,
@@ -479,7 +504,8 @@ def generator_rows(fm, sweep: list[Inputs], hits: LimitHits) -> tuple[list[dict]
         "fullgraph_ok": True,
         "fullgraph_error": None,
         "graphs_first_call": warm,
-        "recompiles_over_sweep": counter.frame_count - warm,
+        "recompiles_over_sweep": after_sweep - warm,
+        "recompiles_second_sweep": second_compiles,
         "max_compiles_per_frame": counter.max_per_frame,
         "recompile_limit_hits": sum(limit_hits.values()),
         "recompile_limit": torch._dynamo.config.recompile_limit,
@@ -506,6 +532,8 @@ def evidence_of(
         out[f"{k}_graph_breaks"] = row["graph_breaks"]
         out[f"{k}_fullgraph_ok"] = row["fullgraph_ok"]
         out[f"{k}_recompiles"] = row["recompiles_over_sweep"]
+        if row.get("recompiles_second_sweep") is not None:
+            out[f"{k}_recompiles_second_sweep"] = row["recompiles_second_sweep"]
         out[f"{k}_max_compiles_per_frame"] = row["max_compiles_per_frame"]
         if row["compile_s"] is not None:
             out[f"{k}_compile_s"] = row["compile_s"]
@@ -575,18 +603,22 @@ def markdown(report: dict) -> str:
         "padded shapes: distinct bucketed input shapes each region saw (one graph each). "
         "Bucket padding vs the unpadded eager forward, prefill logits of the real rows: max "
         f"relative error {report['evidence']['bucket_padding_max_rel']:.3g}.",
+        "- second sweep: after the sweep, graphs compiled for 9 more requests with new audio and "
+        "prompt lengths close to the sweep's and the same batch sizes (for the Generator: "
+        "buckets it has seen), i.e. what a warmed-up server still compiles.",
         "- compile s: wall time of the first call of `torch.compile(fn)` (Inductor, CPU, caches "
         "off), one run of the tiny model included.",
         "",
         "| impl | region | key | entry | graphs | breaks | fullgraph | recompiles over sweep "
-        "| max compiles / frame | padded shapes | limit hits | compile s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| second sweep | max compiles / frame | padded shapes | limit hits | compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
         lines.append(
             f"| {row['impl']} | {row['region']} | `{row['key']}` | `{row['entry']}` "
             f"| {row['graphs']} | {row['graph_breaks']} | {_cell(row['fullgraph_ok'])} "
             f"| {row['recompiles_over_sweep']} ({row['sweep_calls']} calls) "
+            f"| {_cell(row.get('recompiles_second_sweep'))} "
             f"| {row['max_compiles_per_frame']} "
             f"| {_cell(row.get('padded_shapes'))} | {row['recompile_limit_hits']} "
             f"| {_cell(row['compile_s'])} |"
@@ -630,15 +662,17 @@ def main(argv: list[str] | None = None) -> int:
     hf.enable_adapters()
     fm.set_adapter("on")
     requests = QUICK_SWEEP if args.quick else SWEEP
+    second_requests = QUICK_SECOND_SWEEP if args.quick else SECOND_SWEEP
     gen = torch.Generator().manual_seed(0)
     sweep = [make_inputs(r, fm, gen) for r in requests]
+    second = [make_inputs(r, fm, gen) for r in second_requests]
 
     rows = []
     for region in hf_regions(hf) + fms_regions(fm):
-        rows.append(measure(region, sweep, hits))
+        rows.append(measure(region, sweep, second, hits))
         print(f"{region.key}: {rows[-1]['census_s']:.1f} s", flush=True)
     rows += adapter_rows(hf, fm, hits)
-    gen_rows, padding_max_rel = generator_rows(fm, sweep, hits)
+    gen_rows, padding_max_rel = generator_rows(fm, sweep, second, hits)
     rows += gen_rows
     runtime = time.perf_counter() - start
     print(f"adapter and generator rows done; runtime {runtime:.0f} s", flush=True)
@@ -657,6 +691,9 @@ def main(argv: list[str] | None = None) -> int:
         "sweep": {
             "frames_per_second": FRAMES_PER_SECOND,
             "requests": [{"seconds": list(r.seconds), "suffix": r.suffix} for r in requests],
+            "second_sweep": [
+                {"seconds": list(r.seconds), "suffix": r.suffix} for r in second_requests
+            ],
             "shapes": [
                 {
                     "features": list(i.features.shape),
