@@ -508,9 +508,10 @@ def failures_of(configs: dict) -> list[str]:
 def _verdict(c: dict, dname: str, stage: str, s: dict) -> str:
     if dname == "fp32" and stage in AMPLIFIED_STAGES and not c["fp32_batch_gated"]:
         floor = c["dtypes"]["fp32"]["batch_fms_batched_vs_fms_alone_max_rel"]
+        where = "gated in fp64" if stage == "batch_audio_embeddings" else "reported only"
         return (
             f"{'yes' if s['within_tolerance'] else 'no'}: not gated, FMS batched vs FMS alone "
-            f"is {floor:.3g} (rounding amplified); gated in fp64"
+            f"is {floor:.3g} (rounding amplified); {where}"
         )
     if dname == "bf16":
         return "yes" if s["within_tolerance"] else "no (reported, not gated)"
