@@ -735,6 +735,41 @@ def ablation_fused(fm, w: Workload, s: Settings, device) -> dict:
     }
 
 
+def ablation_freezing(fm, gen, w: Workload, s: Settings, device) -> dict:
+    """The Generator's compiled decode step vs the same step compiled with Inductor's
+    `freezing` (parameters and buffers become constants; on CPU weights are prepacked). The
+    LoRA scale buffer is folded in too, so the adapter switch no longer reaches the graph:
+    a measured option, not what the Generator does."""
+    from granite_fms.generation import _decode
+
+    frozen = torch.compile(lambda *a: _decode(fm, *a), fullgraph=True, dynamic=False)
+    _, step = decode_step_inputs(gen, w)
+    fm.start_request(True)
+    with torch._inductor.config.patch(freezing=True):
+        first = timed(lambda: frozen(*step), device)
+    diff = float((frozen(*step) - gen.decode(*step)).abs().max())
+    fm.start_request(False)
+    stale = float((frozen(*step) - gen.decode(*step)).abs().max())
+    fm.start_request(True)
+    tasks = {
+        "compiled": _task(lambda: gen.decode(*step), s.stage_reps),
+        "compiled_freezing": _task(lambda: frozen(*step), s.stage_reps),
+    }
+    for task in tasks.values():
+        task.fn()
+    run_round_robin(tasks, device)
+    out = {name: summarize(t.samples) for name, t in tasks.items()}
+    return {
+        "what": "one compiled decode step (model call, static cache), Inductor freezing off/on",
+        "workload": w.label,
+        "variants": out,
+        "first_call_s": {"compiled_freezing": first},
+        "max_abs_logit_diff": diff,
+        "max_abs_logit_diff_after_adapter_off": stale,
+        "plain_over_freezing": out["compiled"]["median_ms"] / out["compiled_freezing"]["median_ms"],
+    }
+
+
 def merge_boolean_mask(fm, input_ids, audio_embeds, frame_mask):
     """Reference merge by boolean-mask indexing, as the reference and the seed project do:
     the number of selected rows depends on the data, so a compiler must sync or break."""
@@ -888,6 +923,7 @@ def cpu_section(s: Settings, tmp: Path, quick: bool, ablate: bool) -> dict:
             "kv_cache": ablation_kv_cache(fm, pipe.generator, target, s, device),
             "encoder_sdpa": ablation_sdpa(fm, target, s, device, compile_too=not quick),
             "fused_weights": ablation_fused(fm, target, s, device),
+            "inductor_freezing": ablation_freezing(fm, pipe.generator, target, s, device),
             "merge": {
                 w.label: ablation_merge(fm, w, s, device)
                 for w in {target.label: target, batched.label: batched}.values()
@@ -1012,6 +1048,7 @@ def gpu_model(name: str, s: Settings, device, bandwidth: float, out: dict, ablat
             "kv_cache": ablation_kv_cache(fm, plain.generator, target, s, device),
             "encoder_sdpa": ablation_sdpa(fm, target, s, device, compile_too=True),
             "fused_weights": ablation_fused(fm, target, s, device),
+            "inductor_freezing": ablation_freezing(fm, plain.generator, target, s, device),
             "merge": {target.label: ablation_merge(fm, target, s, device)},
         }
 
@@ -1170,6 +1207,10 @@ def evidence(report: dict) -> dict:
             ev[f"cpu_decode_step_ms_{name}"] = st["median_ms"]
         for m, value in ab["fused_weights"]["unfused_over_fused"].items():
             ev[f"cpu_decode_unfused_vs_fused_ratio_{m}"] = value
+    if "inductor_freezing" in ab:
+        for name, st in ab["inductor_freezing"]["variants"].items():
+            ev[f"cpu_decode_step_ms_{name}"] = st["median_ms"]
+        ev["cpu_decode_freezing_speedup"] = ab["inductor_freezing"]["plain_over_freezing"]
     for label, m in ab.get("merge", {}).items():
         for name, st in m["variants"].items():
             ev[f"merge_{name}_ms_{label}"] = st["median_ms"]
@@ -1409,6 +1450,17 @@ def markdown(report: dict) -> str:
             + ", ".join(f"{m} {v:.3g}x" for m, v in fw["unfused_over_fused"].items())
             + ".",
         )
+        if "inductor_freezing" in ab:
+            fz = ab["inductor_freezing"]
+            lines += variants_table(
+                f"Inductor freezing of the compiled decode step ({fz['workload']})",
+                fz["variants"],
+                f"{fz['what']}. plain / freezing: {fz['plain_over_freezing']:.3g}x; max |logit "
+                f"difference| {fz['max_abs_logit_diff']:.3g} with the adapter on, "
+                f"{fz['max_abs_logit_diff_after_adapter_off']:.3g} after switching it off (the "
+                "frozen graph keeps the adapter's scale). A measured option, not what the "
+                "Generator does.",
+            )
         for label, mg in ab["merge"].items():
             lines += variants_table(
                 f"Merge: gather (ours) vs boolean mask ({label})",
@@ -1556,21 +1608,30 @@ def plots(report: dict, out: Path) -> list[Path]:
     kinds = [(k, ab) for k, ab in report["ablations"].items() if ab]
     if not kinds:
         return written
-    fig, axes = plt.subplots(len(kinds), 4, figsize=(15, 3.6 * len(kinds)), squeeze=False)
-    for (kind, ab), line in zip(kinds, axes, strict=True):
+    titles = {
+        "kv_cache": "KV cache: decode iteration",
+        "encoder_sdpa": "encoder SDPA: math vs auto",
+        "fused_weights": "fused vs unfused: decode step",
+        "inductor_freezing": "Inductor freezing: decode step",
+    }
+    grid = []
+    for kind, ab in kinds:
+        panels_ab = [(f"{kind}: {t}", ab[k]["variants"]) for k, t in titles.items() if k in ab]
         merge = next(iter(ab["merge"].values()))
-        panels_ab = [
-            ("KV cache: decode iteration", ab["kv_cache"]["variants"]),
-            ("encoder SDPA: math vs auto", ab["encoder_sdpa"]["variants"]),
-            ("fused vs unfused: decode step", ab["fused_weights"]["variants"]),
-            (f"merge ({merge['workload']})", merge["variants"]),
-        ]
-        for ax, (title, variants) in zip(line, panels_ab, strict=True):
+        grid.append([*panels_ab, (f"{kind}: merge ({merge['workload']})", merge["variants"])])
+    ncols = max(len(line) for line in grid)
+    fig, axes = plt.subplots(
+        len(grid), ncols, figsize=(3.8 * ncols, 3.6 * len(grid)), squeeze=False
+    )
+    for line, ax_line in zip(grid, axes, strict=True):
+        for ax, (title, variants) in zip(ax_line, line, strict=False):
             names = list(variants)
             ax.bar(range(len(names)), [variants[n]["median_ms"] for n in names], color="C0")
             ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
             ax.set_ylabel("median ms")
-            ax.set_title(f"{kind}: {title}", fontsize=9)
+            ax.set_title(title, fontsize=9)
+        for ax in ax_line[len(line) :]:
+            ax.set_visible(False)
     fig.tight_layout()
     written.append(out / "latency_ablations.png")
     fig.savefig(written[-1], dpi=110)
