@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import hashlib
 import json
 import os
 import sys
@@ -1408,8 +1409,8 @@ def markdown(report: dict) -> str:
         lines += [
             "## Real 3.3 encoder + projector shapes (random weights)",
             "",
-            "FMS compiled runs `audio_embeddings` on the bucket-padded input the Generator "
-            "uses (e.g. 150 frames -> 200).",
+            "Eager, HF vs FMS, same weights (compiled, these shapes are timed on a GPU inside "
+            "`audio_path`).",
             "",
             "| device | audio s | mode | stage | median ms [p10-p90] n |",
             "|---|---|---|---|---|",
@@ -1595,6 +1596,7 @@ def plots(report: dict, out: Path) -> list[Path]:
                 ax.errorbar(
                     x, m, yerr=[m - lo, hi - m], marker="o", capsize=3, label=mode, color=f"C{i}"
                 )
+        ax.set_xlim(0, 32)
         ax.set_xlabel("audio s")
         ax.set_ylabel("e2e ms (median, p10-p90)")
         ax.set_yscale("log")
@@ -1730,6 +1732,9 @@ def main(argv: list[str] | None = None) -> int:
         "provenance": provenance(),
         "runtime_s": round(runtime, 1),
         "quick": args.quick,
+        "script_sha256": hashlib.sha256(
+            b"".join(Path(__file__).with_name(f).read_bytes() for f in ("latency.py", "timing.py"))
+        ).hexdigest()[:16],
         "settings": asdict(settings),
         "load_average": load,
         "load_average_end": os.getloadavg(),
