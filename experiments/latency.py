@@ -1314,7 +1314,7 @@ def markdown(report: dict) -> str:
                 if run["load_average"][0] > cores
                 else ""
             )
-            + f": {one_line(run['provenance'])}"
+            + f", script {run.get('script_sha256', 'not recorded')}: {one_line(run['provenance'])}"
         ]
     lines += [
         "",
