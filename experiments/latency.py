@@ -1251,10 +1251,10 @@ def evidence(report: dict) -> dict:
     return {k: NOT_MEASURED if v is None else v for k, v in ev.items()}
 
 
-def cell(r: dict | None, scale: float = 1.0) -> str:
+def cell(r: dict | None) -> str:
     if r is None or "median_ms" not in r:
         return "-"
-    m, lo, hi = (r[k] * scale for k in ("median_ms", "p10_ms", "p90_ms"))
+    m, lo, hi = (r[k] for k in ("median_ms", "p10_ms", "p90_ms"))
     if r["n"] == 1:
         return f"{m:.4g}"
     return f"{m:.4g} [{lo:.3g}-{hi:.3g}] n={r['n']}"
