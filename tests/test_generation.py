@@ -2,13 +2,13 @@
 
 import pytest
 import torch
-from fms.utils.generation import generate, pad_input_ids
+from fms.utils.generation import pad_input_ids
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from granite_fms.features import AudioFeatures
 from granite_fms.generation import BucketPolicy, Generator
 from granite_fms.pipeline import SpeechPipeline
-from helpers import rel_err
+from helpers import fms_generate, rel_err
 
 
 @pytest.fixture
@@ -37,22 +37,9 @@ def _request(model, frames: list[int], suffixes: list[int]):
 
 
 def _fms_generate(model, ids, feats=None, mask=None, new=6):
-    """Reference: FMS's own eager `generate` with its dynamic cache, one request at a time."""
+    """Reference for one request: FMS's eager `generate` with its dynamic cache."""
     x, padding = pad_input_ids([ids])
-    extra = dict(padding)
-    if feats is not None:
-        extra.update(input_features=feats, input_features_mask=mask)
-    out = generate(
-        model,
-        x,
-        max_seq_len=x.shape[1] + new,
-        max_new_tokens=new,
-        do_sample=False,
-        use_cache=True,
-        prepare_model_inputs_hook=model.prepare_inputs_for_generation,
-        extra_kwargs=extra,
-    )
-    return out[0, x.shape[1] :].tolist()
+    return fms_generate(model, x, feats, mask, new=new, **padding)[0].tolist()
 
 
 def test_bucket_policy():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from fms.utils.generation import generate, pad_input_ids
 
-from helpers import audio_prompt, n_tokens, rel_err
+from helpers import audio_prompt, fms_generate, n_tokens, rel_err
 
 TOL = 1e-5
 
@@ -147,23 +147,6 @@ def test_auto_adapter_follows_the_request(pair_33):
     fm.set_adapter("auto")
 
 
-def _fms_generate(fm, ids, features=None, frame_mask=None, new=20, **kw):
-    extra = dict(kw)
-    if features is not None:
-        extra.update(input_features=features, input_features_mask=frame_mask)
-    out = generate(
-        fm,
-        ids,
-        max_new_tokens=new,
-        max_seq_len=512,
-        do_sample=False,
-        use_cache=True,
-        prepare_model_inputs_hook=fm.prepare_inputs_for_generation,
-        extra_kwargs=extra,
-    )
-    return out[:, -new:]
-
-
 def _hf_generate(hf, ids, features=None, new=20):
     # No EOS on either side: fms.utils.generation.generate runs max_new_tokens unless told.
     hf.generation_config.eos_token_id = None
@@ -186,10 +169,10 @@ def test_greedy_generation_matches_hf(request, pair_name, frames):
     x = torch.randn(1, frames, 160)
     ids = audio_prompt(fm.config.audio_token_index, n_tokens(fm, frames))
     ref = _hf_generate(hf, ids, x)
-    out = _fms_generate(fm, ids, x)
+    out = fms_generate(fm, ids, x)
     assert out.tolist() == ref.tolist()
     ids_text = audio_prompt(fm.config.audio_token_index, 0)
-    assert _fms_generate(fm, ids_text).tolist() == _hf_generate(hf, ids_text).tolist()
+    assert fms_generate(fm, ids_text).tolist() == _hf_generate(hf, ids_text).tolist()
 
 
 def test_batch_of_mixed_lengths_matches_hf_one_clip_at_a_time(pair_33):
@@ -210,7 +193,7 @@ def test_batch_of_mixed_lengths_matches_hf_one_clip_at_a_time(pair_33):
             assert rel_err(ref, batched[i, : ref.shape[1]]) < TOL
 
     ids, padding = pad_input_ids(prompts)
-    out = _fms_generate(fm, ids, feats, mask, **padding)
+    out = fms_generate(fm, ids, feats, mask, **padding)
     for i, clip in enumerate(clips):
         ref = _hf_generate(hf, prompts[i][None], clip)
         assert out[i].tolist() == ref[0].tolist()
