@@ -239,9 +239,11 @@ class Generator:
         self._caches: dict[tuple[int, int], list] = {}
 
         # Each region is one code object with a graph per bucket; dynamo's default limit (8)
-        # would silently fall back to eager past 8 buckets.
-        limit = len(self.policy.audio_frames) * len(self.policy.prompt_tokens) * 4
-        limit *= len(self.policy.batch)
+        # would silently fall back to eager past 8 buckets. The largest region (embed) has a
+        # graph per (audio, prompt, batch) bucket; the factor 4 leaves room for the buckets
+        # past the largest ones (longer audio, more rows) and for several cache lengths.
+        policy = self.policy
+        limit = 4 * len(policy.audio_frames) * len(policy.prompt_tokens) * len(policy.batch)
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
 
         def region(fn: Callable, region_mode: str | None = None) -> Callable:
