@@ -341,11 +341,19 @@ class Generator:
             logits = self.decode(tokens[-1], position, p.cache, slot, p.key_valid)
             tokens.append(logits.argmax(-1, keepdim=True))
         out = torch.cat(tokens, dim=1)[: p.rows].tolist()
-        return [_until(row, eos_token_id) for row in out]
+        return [until_eos(row, eos_token_id) for row in out]
 
 
-def _until(ids: list[int], eos_token_id: int | None) -> list[int]:
+def until_eos(ids: list[int], eos_token_id: int | None) -> list[int]:
+    """The ids before the first EOS (all of them if there is none or no EOS id)."""
     return ids[: ids.index(eos_token_id)] if eos_token_id in ids else ids
 
 
-__all__ = ["BucketPolicy", "Generator", "Prepared", "STATIC_ATTENTION", "allocate_cache"]
+__all__ = [
+    "BucketPolicy",
+    "Generator",
+    "Prepared",
+    "STATIC_ATTENTION",
+    "allocate_cache",
+    "until_eos",
+]

@@ -24,7 +24,7 @@ from fms.utils.generation import generate, pad_input_ids
 
 from granite_fms.checkpoint import load_model
 from granite_fms.features import AudioClip
-from granite_fms.generation import BucketPolicy, Generator
+from granite_fms.generation import BucketPolicy, Generator, until_eos
 from granite_fms.granite_speech import GraniteSpeech
 from granite_fms.processor import GraniteSpeechProcessor
 
@@ -200,7 +200,7 @@ class SpeechPipeline:
             prepare_model_inputs_hook=self.model.prepare_inputs_for_generation,
             extra_kwargs={**extra, **padding},
         )
-        return [self._until_eos(row) for row in out[:, ids.shape[1] :].tolist()]
+        return [until_eos(row, self.eos_token_id) for row in out[:, ids.shape[1] :].tolist()]
 
     def _prompt_rows(
         self,
@@ -261,11 +261,6 @@ class SpeechPipeline:
                 [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
             )
         return list(self.tokenizer(text)["input_ids"])
-
-    def _until_eos(self, ids: list[int]) -> list[int]:
-        if self.eos_token_id in ids:
-            return ids[: ids.index(self.eos_token_id)]
-        return ids
 
 
 def _is_flat(prompt_ids: PromptIds) -> bool:
