@@ -290,9 +290,11 @@ def make_workload(audio_s: int, batch: int, new_tokens: int) -> Workload:
     return Workload(audio_s, batch, waves, prompt, new_tokens)
 
 
-def expand(prompt: list[int], count: int) -> list[int]:
-    i = prompt.index(AUDIO_ID)
-    return prompt[:i] + [AUDIO_ID] * count + prompt[i + 1 :]
+def expand(prompt: list[int], count: int) -> torch.Tensor:
+    """The prompt with its one placeholder expanded to `count` audio tokens (the processor's)."""
+    from granite_fms.processor import GraniteSpeechProcessor
+
+    return GraniteSpeechProcessor.expand_audio_token_ids(prompt, AUDIO_ID, int(count))
 
 
 def _task(fn: Callable, reps: tuple[int, int, float], setup=None, inner: bool = False) -> Task:
@@ -317,9 +319,7 @@ def hf_mode(hf, w: Workload, compiled: bool, s: Settings) -> ModeSetup:
     device, dtype = hf.device, hf.dtype
     extractor = GraniteSpeechFeatureExtractor()
     feats = extractor(w.waves)
-    ids = torch.tensor(
-        [expand(w.prompt, n) for n in feats["audio_embed_sizes"]], dtype=torch.long, device=device
-    )
+    ids = torch.stack([expand(w.prompt, n) for n in feats["audio_embed_sizes"]]).to(device)
     hf.generation_config.eos_token_id = None  # a fixed number of new tokens
     gen_kwargs: dict = dict(
         max_new_tokens=w.new_tokens, min_new_tokens=w.new_tokens, do_sample=False, pad_token_id=0
@@ -411,7 +411,7 @@ def fms_inputs(fm, w: Workload):
 
     device = fm.language_model.base_model.embedding.weight.device
     feats = GraniteSpeechFeatureExtractor()(w.waves).to(device)
-    rows = [torch.tensor(expand(w.prompt, int(n))) for n in feats.audio_token_counts]
+    rows = [expand(w.prompt, n) for n in feats.audio_token_counts]
     ids, padding = pad_input_ids([r.to(device) for r in rows])
     return feats, rows, ids, padding
 
@@ -494,7 +494,7 @@ def generator_intervals(gen, w: Workload) -> list[float]:
     from granite_fms.features import GraniteSpeechFeatureExtractor
 
     feats = GraniteSpeechFeatureExtractor()(w.waves)
-    rows = [torch.tensor(expand(w.prompt, int(n))) for n in feats.audio_token_counts]
+    rows = [expand(w.prompt, n) for n in feats.audio_token_counts]
     stamps = Stamps(gen.device)
     regions = gen.prefill, gen.decode
 
