@@ -53,6 +53,23 @@ def ckpt_ctx200(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def ckpt_33_untied(tmp_path_factory):
+    """3.3 layout with an untied head: random tied weights make greedy repeat one token, so
+    tests that need varied greedy outputs (EOS picked from them) use this one."""
+    path = tmp_path_factory.mktemp("ckpt_33_untied")
+    config = tiny_hf_config(
+        "3.3", text_config=dict(tie_word_embeddings=False), tie_word_embeddings=False
+    )
+    save_hf_checkpoint(path, config, lora_rank=4, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pair_33_untied(ckpt_33_untied):
+    return load_hf_model(ckpt_33_untied), granite_fms.load_model(ckpt_33_untied)
+
+
+@pytest.fixture(scope="session")
 def pair_33(ckpt_33):
     return load_hf_model(ckpt_33), granite_fms.load_model(ckpt_33)
 

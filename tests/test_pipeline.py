@@ -15,8 +15,9 @@ import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from granite_fms.features import load_audio
-from granite_fms.pipeline import TRANSCRIBE_INSTRUCTION, SpeechPipeline
+from granite_fms.pipeline import SpeechPipeline
 from granite_fms.processor import GraniteSpeechProcessor
+from granite_fms.prompts import PRESETS, PromptPreset
 from granite_fms.testing import load_hf_model, save_hf_checkpoint, tiny_hf_config
 
 DATA = Path(__file__).parent / "data"
@@ -27,7 +28,10 @@ NEW = 12
 
 SPECIAL = ["<|end_of_text|>", "<unk>", "<|start_of_role|>", "<|end_of_role|>"]
 WORDS = "user assistant can you transcribe the speech into a written format ? translate to French"
+# Like Granite's: without a system turn it inserts a default one holding today's date.
 CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}<|start_of_role|>system<|end_of_role|>"
+    "Today's Date: {{ strftime_now('%B %d, %Y') }}.<|end_of_text|>\n{% endif %}"
     "{% for m in messages %}<|start_of_role|>{{ m['role'] }}<|end_of_role|>{{ m['content'] }}"
     "<|end_of_text|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|start_of_role|>assistant<|end_of_role|>{% endif %}"
@@ -68,10 +72,20 @@ def dirs(tmp_path_factory) -> tuple[Path, Path]:
     )
     assert config.audio_token_index == AUDIO_ID
     save_hf_checkpoint(bare, config, lora_rank=4, seed=0)
+    # No EOS in the bare checkpoint (rows run max_new_tokens, as the HF reference below);
+    # the full one's generation config names the tokenizer's EOS, as released checkpoints do.
+    _set_generation_eos(bare, None)
     full = bare.parent / "full"
     shutil.copytree(bare, full)
     tiny_tokenizer().save_pretrained(full)
+    _set_generation_eos(full, EOS_ID)
     return bare, full
+
+
+def _set_generation_eos(path: Path, eos) -> None:
+    config = transformers.GenerationConfig.from_pretrained(path)
+    config.eos_token_id = eos
+    config.save_pretrained(path)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +128,7 @@ def hf_generate(hf, prompt_ids: list[int], clip: Path | None = None) -> list[int
 
 def chat_ids(text: str) -> list[int]:
     tok = tiny_tokenizer()
-    messages = [{"role": "user", "content": text}]
+    messages = PRESETS["3.3"].messages(text)
     return tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))[
         "input_ids"
     ]
@@ -178,7 +192,7 @@ def test_transcribe_with_chat_template(pipe_text, pipe_ids):
     assert text == pipe_text.tokenizer.batch_decode(ids, skip_special_tokens=True)
     assert all(isinstance(t, str) for t in text) and any(text)
     # Same as the templated prompt tokenized by hand, truncated at EOS.
-    templated = chat_ids("<|audio|>" + TRANSCRIBE_INSTRUCTION)
+    templated = chat_ids("<|audio|>" + PRESETS["3.3"].transcribe)
     manual = SpeechPipeline(pipe_ids.model, eos_token_id=EOS_ID)
     assert manual.generate_ids([FOX, SHORT], prompt_ids=templated, max_new_tokens=NEW) == ids
 
@@ -268,3 +282,100 @@ def test_tokenizer_audio_id_must_match_model(pipe_ids):
     processor = GraniteSpeechProcessor(tokenizer=tiny_tokenizer(), audio_token="speech")
     with pytest.raises(ValueError, match="maps speech to 10 but the model's audio_token_index"):
         SpeechPipeline(pipe_ids.model, processor)
+
+
+# (f) prompts that do not drift with the calendar, keywords, beam search, EOS ids, cut rows
+
+
+def _frozen_clock(monkeypatch, day: int):
+    import datetime as real
+
+    from transformers.utils import chat_template_utils
+
+    class Frozen(real.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return real.datetime(2026, 1, day, 12, 0, tzinfo=tz)
+
+    monkeypatch.setattr(chat_template_utils, "datetime", Frozen)
+
+
+def test_prompt_is_identical_on_two_dates(pipe_text, monkeypatch):
+    user = pipe_text.prompts.user_turn("transcribe")
+    rendered = []
+    bare = []
+    for day in (1, 2):
+        _frozen_clock(monkeypatch, day)
+        rendered.append(pipe_text.prompt_text(user))
+        bare.append(
+            SpeechPipeline(
+                pipe_text.model, pipe_text.processor, prompts=PromptPreset(None)
+            ).prompt_text(user)
+        )
+    assert rendered[0] == rendered[1]
+    assert PRESETS["3.3"].system in rendered[0] and "Today's Date: April 9, 2025." in rendered[0]
+    assert bare[0] != bare[1]  # the template's own default turn does drift: the check can fail
+
+
+def test_keywords_and_translation_prompts():
+    preset = PRESETS["3.3"]
+    assert preset.user_turn("transcribe", keywords=["FMS", " Granite "]) == (
+        "<|audio|>can you transcribe the speech into a written format? Keywords: FMS, Granite"
+    )
+    assert preset.user_turn("translate", language="French") == (
+        "<|audio|>translate the speech to French"
+    )
+    assert PRESETS["4.x"].user_turn().startswith("<|audio|> can you")
+    custom = preset.with_(transcribe="transcribe verbatim", system=None)
+    assert custom.messages(custom.user_turn()) == [
+        {"role": "user", "content": "<|audio|>transcribe verbatim"}
+    ]
+    with pytest.raises(ValueError, match="needs a target language"):
+        preset.user_turn("translate")
+    with pytest.raises(TypeError, match="list of strings"):
+        preset.user_turn(keywords="FMS")
+
+
+def test_transcribe_with_keywords_uses_the_keyword_prompt(pipe_text):
+    got = pipe_text.transcribe(FOX, keywords=["French"], max_new_tokens=NEW)
+    prompt = "<|audio|>can you transcribe the speech into a written format? Keywords: French"
+    assert got == pipe_text.generate(FOX, prompt, max_new_tokens=NEW)
+
+
+def test_beam_search_through_the_pipeline_matches_hf(pipe_ids, hf):
+    got = pipe_ids.generate_ids(FOX, prompt_ids=PROMPT_IDS, max_new_tokens=NEW, num_beams=4)
+    extracted = transformers.GraniteSpeechFeatureExtractor()(load_audio(FOX))
+    pos = PROMPT_IDS.index(AUDIO_ID)
+    n = extracted["audio_embed_sizes"][0]
+    ids = PROMPT_IDS[:pos] + [AUDIO_ID] * n + PROMPT_IDS[pos + 1 :]
+    with torch.no_grad():
+        out = hf.generate(
+            input_ids=torch.tensor([ids]),
+            input_features=extracted["input_features"],
+            max_new_tokens=NEW,
+            num_beams=4,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    assert got == [out[0, len(ids) :].tolist()]
+
+
+def test_all_eos_ids_of_the_generation_config(dirs, tmp_path, pipe_ids):
+    full = pipe_ids.generate_ids(FOX, prompt_ids=PROMPT_IDS, max_new_tokens=NEW)[0]
+    later = next(t for t in full if t != full[0])
+    stops = [next(t for t in range(AUDIO_ID) if t not in full), later]  # one never seen
+    path = tmp_path / "ckpt"
+    shutil.copytree(dirs[0], path)
+    _set_generation_eos(path, stops)
+    pipe = SpeechPipeline.from_pretrained(path)
+    assert pipe.eos_token_id == stops
+    out = pipe.run(FOX, prompt_ids=PROMPT_IDS, max_new_tokens=NEW)[0]
+    assert out.tokens == full[: full.index(later)] and out.finished
+
+
+def test_a_cut_row_is_flagged_and_logged(pipe_text, caplog):
+    with caplog.at_level("WARNING", logger="granite_fms.pipeline"):
+        out = pipe_text.run([FOX, SHORT], max_new_tokens=2)
+    cut = [i for i, g in enumerate(out) if not g.finished]
+    assert cut and all(len(out[i].tokens) == 2 for i in cut)
+    assert f"requests {cut} reached max_new_tokens" in caplog.text

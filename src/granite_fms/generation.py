@@ -191,33 +191,64 @@ def _decode(
     cache: list,
     cache_position: torch.Tensor,
     key_valid: torch.Tensor,
+    beam_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One step for every row: token_ids (B, 1) -> logits (B, vocab); the cache grows in place."""
+    """One step for every row: token_ids (B, 1) -> logits (B, vocab); the cache grows in place.
+
+    beam_rows: beam search's (B,) row each new row continues; the cache is reordered by it
+    first, inside the graph (a gather per layer, as HF's `reorder_cache`).
+    """
+    if beam_rows is not None:
+        for keys, values in cache:
+            keys.copy_(keys.index_select(0, beam_rows))
+            values.copy_(values.index_select(0, beam_rows))
     embeds = model.language_model.base_model.embedding(token_ids)
     return _prefill(model, embeds, position_ids, cache, cache_position, key_valid)
 
 
 @dataclass
 class Prepared:
-    """A request padded to its buckets: everything the three regions take."""
+    """A request padded to its buckets: everything the three regions take.
 
-    rows: int  # real rows; the rest are padding
-    input_ids: torch.Tensor  # (B, S) left-padded with 0
-    position_ids: torch.Tensor  # (B, S)
-    key_valid: torch.Tensor  # (B, L) False on left padding and padded rows
+    The audio path runs on one row per request (`input_ids`, `features`); the LLM on
+    `requests x num_beams` rows, padded to a batch bucket (`position_ids`, `key_valid`, `cache`).
+    """
+
+    rows: int  # real requests; the rest are padding
+    num_beams: int
+    input_ids: torch.Tensor  # (B, S) left-padded with 0, one row per request
+    position_ids: torch.Tensor  # (B', S), B' = rows(requests x beams)
+    key_valid: torch.Tensor  # (B', L) False on left padding and padded rows
     cache: list
     features: torch.Tensor | None  # (B, F, 160)
     frame_mask: torch.Tensor | None  # (B, F)
+    llm_rows: torch.Tensor | None  # (B',) request of each LLM row; None: the same rows
 
     @property
     def prompt_len(self) -> int:
         return self.input_ids.shape[1]
 
 
-class Generator:
-    """Greedy generation with the audio path, prefill and decode step each one compiled graph.
+@dataclass
+class Generation:
+    """One request's result.
 
-    compile: False runs the same bucketed static-cache code eagerly (for comparisons).
+    tokens: the new tokens, up to (not including) the first EOS.
+    finished: True if it ended with an EOS; False if it ran out of `max_new_tokens` (cut).
+    score: beam search only: the sequence's log-probability divided by its length (HF's
+        `sequences_scores`, on logits that are not divided by `logits_scaling`).
+    """
+
+    tokens: list[int]
+    finished: bool
+    score: float | None = None
+
+
+class Generator:
+    """Greedy or beam-search generation with the audio path, prefill and decode step each one
+    compiled graph per bucket.
+
+    compile: False runs the same bucketed static-cache loop eagerly (`SpeechPipeline`'s default).
     backend / mode: passed to `torch.compile`; `mode="reduce-overhead"` captures the decode
         step in CUDA graphs on a GPU (the default when the model is on CUDA).
     """
@@ -235,6 +266,7 @@ class Generator:
         self.policy = policy or BucketPolicy()
         if mode is None and self.device.type == "cuda" and backend == "inductor":
             mode = "reduce-overhead"
+        self.compiled = compile
         self.mode = mode if compile else None
         self._caches: dict[tuple[int, int], list] = {}
 
@@ -266,6 +298,7 @@ class Generator:
         input_ids: Sequence[torch.Tensor],
         features: AudioFeatures | None = None,
         max_new_tokens: int = 128,
+        num_beams: int = 1,
     ) -> Prepared:
         """Pad prompts (placeholders already expanded) and features to their buckets.
 
@@ -275,6 +308,8 @@ class Generator:
             raise ValueError("no prompts")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if num_beams < 1:
+            raise ValueError(f"num_beams must be at least 1, got {num_beams}")
         rows = len(input_ids)
         if features is not None and features.input_features.shape[0] != rows:
             raise ValueError(f"{rows} prompts for {features.input_features.shape[0]} audio clips")
@@ -286,10 +321,17 @@ class Generator:
         for i, row in enumerate(input_ids):
             ids[i, seq - len(row) :] = torch.as_tensor(row, device=device)
             valid[i, seq - len(row) :] = True
+
+        llm_rows = None
+        llm_batch = self.policy.rows(rows * num_beams)
+        if num_beams > 1:  # beams of request i are LLM rows i*K .. i*K+K-1
+            llm_rows = torch.arange(rows, device=device).repeat_interleave(num_beams)
+            llm_rows = F.pad(llm_rows, (0, llm_batch - llm_rows.numel()))
+            valid = valid.index_select(0, llm_rows)
         position_ids = (valid.long().cumsum(1) - 1).clamp(min=0)
         length = self.policy.cache_len(seq, max_new_tokens)
         key_valid = F.pad(valid, (0, length - seq), value=True)
-        key_valid[rows:] = False
+        key_valid[rows * num_beams :] = False
 
         feats = mask = None
         if features is not None:
@@ -302,11 +344,11 @@ class Generator:
             self.model.check_audio_inputs(ids, feats, mask)
         elif (ids == self.model.config.audio_token_index).any():
             raise ValueError("the prompts hold audio placeholders but no audio was given")
-        key = (batch, length)
+        key = (llm_batch, length)
         if key not in self._caches:  # reused: a new address would make CUDA graphs re-record
-            self._caches[key] = allocate_cache(self.model, batch, length)
+            self._caches[key] = allocate_cache(self.model, llm_batch, length)
         cache = self._caches[key]
-        return Prepared(rows, ids, position_ids, key_valid, cache, feats, mask)
+        return Prepared(rows, num_beams, ids, position_ids, key_valid, cache, feats, mask, llm_rows)
 
     @torch.no_grad()
     def generate(
@@ -314,46 +356,217 @@ class Generator:
         input_ids: Sequence[torch.Tensor],
         features: AudioFeatures | None = None,
         *,
-        max_new_tokens: int = 128,
-        eos_token_id: int | None = None,
-    ) -> list[list[int]]:
-        """Greedy new tokens per row, up to (not including) the first EOS."""
-        p = self.prepare(input_ids, features, max_new_tokens)
+        max_new_tokens: int | Sequence[int] = 128,
+        eos_token_id: int | Sequence[int] | None = None,
+        num_beams: int = 1,
+    ) -> list[Generation]:
+        """New tokens for each request: greedy (`num_beams=1`) or beam search.
+
+        The loop is the same for both: features -> prepare (pad to buckets) -> embed (audio
+        path) -> prefill -> decode steps; the search only chooses each step's next rows.
+        max_new_tokens: one budget for every request, or one per request.
+        eos_token_id: one id or several (e.g. from `generation_config.json`); None: no stop.
+        num_beams: beam search as Hugging Face's `generate(num_beams=K)` with its defaults
+            (`length_penalty=1.0`, `early_stopping=False`), scored on HF's undivided logits.
+        """
+        budgets = _budgets(max_new_tokens, len(input_ids))
+        p = self.prepare(input_ids, features, max(budgets), num_beams)
+        eos = _eos_tensor(eos_token_id, self.device)
+        budget = torch.tensor(budgets, device=self.device)
+        if num_beams == 1:
+            search: _Search = _Greedy(p.rows, budget, eos)
+        else:
+            scale = self.model.config.text_config.logits_scaling
+            search = _BeamSearch(p.rows, num_beams, p.position_ids.shape[0], budget, eos, scale)
+
         self.model.start_request(p.features is not None)
         if p.features is None:
             embeds = self.model.language_model.base_model.embedding(p.input_ids)
         else:
             embeds = self.embed(p.input_ids, p.features, p.frame_mask)
+        if p.llm_rows is not None:
+            embeds = embeds.index_select(0, p.llm_rows)
         seq = p.prompt_len
         logits = self.prefill(
             embeds, p.position_ids, p.cache, torch.arange(seq, device=self.device), p.key_valid
         )
         position = p.position_ids[:, -1:]
-        tokens = [logits.argmax(-1, keepdim=True)]
-        done = torch.zeros(p.rows, dtype=torch.bool, device=self.device)
-        for step in range(1, max_new_tokens):
-            if eos_token_id is not None:
-                done |= tokens[-1][: p.rows, 0] == eos_token_id
-                if step % 8 == 0 and bool(done.all()):  # a host sync, every 8 steps only
-                    break
+        steps = max(budgets)
+        for step in range(steps):
+            tokens, order = search.step(logits, step)
+            if step + 1 == steps or (step % 8 == 7 and bool(search.done())):
+                break  # the host sync of `done` runs every 8 steps only
             position = position + 1
-            slot = torch.full((1,), seq + step - 1, device=self.device)
-            logits = self.decode(tokens[-1], position, p.cache, slot, p.key_valid)
-            tokens.append(logits.argmax(-1, keepdim=True))
-        out = torch.cat(tokens, dim=1)[: p.rows].tolist()
-        return [until_eos(row, eos_token_id) for row in out]
+            slot = torch.full((1,), seq + step, device=self.device)
+            logits = self.decode(tokens, position, p.cache, slot, p.key_valid, order)
+        return search.results()
 
 
-def until_eos(ids: list[int], eos_token_id: int | None) -> list[int]:
-    """The ids before the first EOS (all of them if there is none or no EOS id)."""
-    return ids[: ids.index(eos_token_id)] if eos_token_id in ids else ids
+def _budgets(max_new_tokens: int | Sequence[int], rows: int) -> list[int]:
+    budgets = [max_new_tokens] * rows if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != rows:
+        raise ValueError(f"{len(budgets)} max_new_tokens values for {rows} requests")
+    for b in budgets:
+        if not isinstance(b, int) or isinstance(b, bool):
+            raise TypeError(f"max_new_tokens must be ints, got {max_new_tokens!r}")
+        if b < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens!r}")
+    return budgets
+
+
+def _eos_tensor(eos_token_id: int | Sequence[int] | None, device) -> torch.Tensor:
+    ids = [] if eos_token_id is None else [eos_token_id]
+    if eos_token_id is not None and not isinstance(eos_token_id, int):
+        ids = list(eos_token_id)
+    return torch.tensor(ids, dtype=torch.long, device=device)
+
+
+# ----- the two searches: which rows continue, with which tokens --------------------------------
+
+
+class _Search:
+    def step(self, logits: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B', vocab) of step t -> next tokens (B', 1), and the LLM rows they continue
+        (None: each row continues itself)."""
+        raise NotImplementedError
+
+    def done(self) -> torch.Tensor:
+        """True when no further step can change a result (a 0-dim device tensor: no sync)."""
+        raise NotImplementedError
+
+    def results(self) -> list[Generation]:
+        raise NotImplementedError
+
+
+class _Greedy(_Search):
+    def __init__(self, rows: int, budget: torch.Tensor, eos: torch.Tensor):
+        self.rows, self.budget, self.eos = rows, budget, eos
+        self.tokens: list[torch.Tensor] = []
+        self.finished = torch.zeros(rows, dtype=torch.bool, device=budget.device)
+
+    def step(self, logits, t):
+        tokens = logits.argmax(-1, keepdim=True)
+        self.tokens.append(tokens)
+        self.finished |= torch.isin(tokens[: self.rows, 0], self.eos) & (t < self.budget)
+        return tokens, None
+
+    def done(self):
+        return (self.finished | (len(self.tokens) >= self.budget)).all()
+
+    def results(self):
+        out = []
+        eos = set(self.eos.tolist())
+        for row, budget in zip(
+            torch.cat(self.tokens, 1)[: self.rows].tolist(), self.budget.tolist(), strict=True
+        ):
+            row = row[:budget]
+            end = next((i for i, tok in enumerate(row) if tok in eos), None)
+            out.append(Generation(row if end is None else row[:end], end is not None))
+        return out
+
+
+_NEG = -1.0e9  # HF's "impossible" score
+
+
+class _BeamSearch(_Search):
+    """Hugging Face's vectorised beam search (transformers 5.x `_beam_search`, defaults
+    `length_penalty=1.0`, `early_stopping=False`), for R requests x K beams, with a budget per
+    request. Scores are log-softmax of HF's logits (ours times `logits_scaling`).
+
+    Per request: K running beams, the 2K (1 + #EOS ids: more) best continuations each step,
+    the K best finished hypotheses, and HF's heuristic for when none of them can improve. A
+    request past its budget or its heuristic is frozen (nothing changes it), so steps run
+    after it only cost compute, as in a batch of HF's.
+    """
+
+    def __init__(self, rows, beams, llm_batch, budget, eos, logits_scaling):
+        device = budget.device
+        self.rows, self.beams, self.budget, self.eos = rows, beams, budget, eos
+        self.scale = logits_scaling
+        self.keep = max(2, 1 + eos.numel()) * beams
+        steps = int(budget.max())
+        self.seq = torch.zeros(rows, beams, steps, dtype=torch.long, device=device)
+        self.scores = torch.full((rows, beams), _NEG, device=device)
+        self.scores[:, 0] = 0.0  # only the first beam's continuations count at step 0
+        self.best_seq = self.seq.clone()
+        self.best_scores = torch.full((rows, beams), _NEG, device=device)
+        self.best_len = torch.zeros(rows, beams, dtype=torch.long, device=device)
+        self.best_eos = torch.zeros(rows, beams, dtype=torch.bool, device=device)
+        self.is_finished = torch.zeros(rows, beams, dtype=torch.bool, device=device)
+        self.improvable = torch.ones(rows, 1, dtype=torch.bool, device=device)
+        self.top_k = torch.arange(self.keep, device=device) < beams
+        self.offset = torch.arange(rows, device=device)[:, None] * beams
+        self.pad_rows = torch.arange(rows * beams, llm_batch, device=device)
+        self.t = 0
+
+    def step(self, logits, t):
+        rows, beams = self.rows, self.beams
+        vocab = logits.shape[-1]
+        logp = torch.log_softmax(logits[: rows * beams].float() * self.scale, dim=-1)
+        logp = logp.view(rows, beams, vocab) + self.scores[:, :, None]
+        top_lp, top_idx = torch.topk(logp.view(rows, -1), self.keep)
+        beam, token = top_idx // vocab, top_idx % vocab
+        cand = self.seq.gather(1, beam[:, :, None].expand(-1, -1, self.seq.shape[2])).clone()
+        cand[:, :, t] = token
+        at_eos = torch.isin(token, self.eos)
+        hits = at_eos | (t + 1 >= self.budget)[:, None]
+        active = (t < self.budget)[:, None]
+
+        # running beams: the best K continuations that did not stop
+        running_lp = top_lp + hits.float() * _NEG
+        nxt = torch.topk(running_lp, beams).indices
+        self.seq = cand.gather(1, nxt[:, :, None].expand_as(self.seq))
+        self.scores = running_lp.gather(1, nxt)
+        source = beam.gather(1, nxt)
+
+        # finished hypotheses: stopped continuations among the top K, length-normalised
+        just = hits & self.top_k[None, :]
+        cand_score = top_lp / float(t + 1)
+        cand_score = cand_score + (~self.improvable).float() * _NEG
+        cand_score = cand_score + (~just).float() * _NEG + (~active).float() * _NEG
+        merged = torch.cat([self.best_scores, cand_score], 1)
+        pick = torch.topk(merged, beams).indices
+        self.best_scores = merged.gather(1, pick)
+        self.best_seq = torch.cat([self.best_seq, cand], 1).gather(
+            1, pick[:, :, None].expand_as(self.best_seq)
+        )
+        length = torch.full_like(token, t + 1)
+        self.best_len = torch.cat([self.best_len, length], 1).gather(1, pick)
+        self.best_eos = torch.cat([self.best_eos, at_eos], 1).gather(1, pick)
+        self.is_finished = torch.cat([self.is_finished, just & active], 1).gather(1, pick)
+
+        # HF's early-stop heuristic (early_stopping=False): can the best running beam, at its
+        # current length, still beat the worst finished hypothesis?
+        best_running = self.scores[:, :1] / float(t + 1)
+        worst = torch.where(self.is_finished, self.best_scores.min(1, keepdim=True).values, _NEG)
+        self.improvable &= (best_running > worst).any(-1, keepdim=True)
+        self.t = t + 1
+
+        order = torch.cat([(source + self.offset).flatten(), self.pad_rows])
+        tokens = torch.cat([self.seq[:, :, t].flatten(), self.pad_rows * 0])
+        return tokens[:, None], order
+
+    def done(self):
+        return (~self.improvable[:, 0] | (self.t >= self.budget)).all()
+
+    def results(self):
+        out = []
+        for seq, length, eos, score in zip(
+            self.best_seq[:, 0].tolist(),
+            self.best_len[:, 0].tolist(),
+            self.best_eos[:, 0].tolist(),
+            self.best_scores[:, 0].tolist(),
+            strict=True,
+        ):
+            out.append(Generation(seq[: length - 1] if eos else seq[:length], eos, score))
+        return out
 
 
 __all__ = [
     "BucketPolicy",
+    "Generation",
     "Generator",
     "Prepared",
     "STATIC_ATTENTION",
     "allocate_cache",
-    "until_eos",
 ]

@@ -285,9 +285,17 @@ class GraniteSpeech(nn.Module):
 
         With token ids, `input_features` (if given) are encoded and merged first. Embeddings are
         taken as final (audio already merged). The LoRA adapter is left as the last request
-        set it (`start_request`, `set_adapter`), as in the reference's `forward`.
+        set it (`start_request`, `set_adapter`), as in the reference's `forward`, except when
+        this call merges audio itself at a request's first step: then it is a speech request
+        and the adapter turns on (in "auto" mode). That is how
+        `fms.utils.generation.generate` without the `prepare_inputs_for_generation` hook
+        works: it passes `input_features` at every step, and on a decode step (a non-empty
+        cache) they are ignored, since the audio is already in the cache.
         """
+        if past_key_value_states:
+            input_features = None  # a decode step: the audio is already in the cache
         if x.dim() == 2 and input_features is not None:
+            self.start_request(True)
             x = self.embed_inputs(x, input_features, input_features_mask)
         return self.language_model(
             x,

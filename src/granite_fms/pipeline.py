@@ -1,54 +1,81 @@
-"""Audio and prompts in, greedy text out: Granite Speech generation on FMS in one call.
+"""Audio and prompts in, text out: Granite Speech generation on FMS in one call.
 
     pipe = SpeechPipeline.from_pretrained("granite-speech-3.3-2b", dtype=torch.bfloat16)
     pipe.transcribe(["a.wav", "b.wav"])        # ["...", "..."], one per clip
+    pipe.transcribe("a.wav", num_beams=4)      # the model cards' beam search
     pipe.translate("a.wav", "French")          # ["..."]
     pipe.generate(prompt="What is 2 + 2?")     # text only: the LoRA adapter is off
     pipe.generate_ids(clip, prompt_ids=ids)    # token ids in and out, no tokenizer needed
     pipe.compile()                             # or from_pretrained(..., compile=True)
 
-Every request is a batch: one clip or a list in, a list out. Eager, prompts are left-padded with
-`fms.utils.generation.pad_input_ids` and decoded greedily with `fms.utils.generation.generate`
-and FMS's KV cache. Compiled (`compile()`), the same requests run through
-`granite_fms.generation.Generator`: bucketed shapes, a static KV cache and three graphs (audio
-path, prefill, decode step), with CUDA graphs on a GPU. Either way each row keeps its new tokens
-up to (not including) the first EOS.
+Every request is a batch: one clip or a list in, a list out. Every request runs through the one
+generation loop, `granite_fms.generation.Generator`: eager by default, compiled graphs after
+`compile()` (bucketed shapes, a static KV cache, CUDA graphs on a GPU). Each row keeps its new
+tokens up to (not including) the first EOS; a row cut by `max_new_tokens` is logged as a
+warning (and flagged in `run`'s results).
+
+Templated prompts carry the pinned system turn of the checkpoint family's preset
+(`granite_fms.prompts`), so a prompt never depends on today's date.
 """
 
+import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from fms.utils.generation import generate, pad_input_ids
 
 from granite_fms.checkpoint import load_model
 from granite_fms.features import AudioClip
-from granite_fms.generation import BucketPolicy, Generator, until_eos
+from granite_fms.generation import BucketPolicy, Generation, Generator
 from granite_fms.granite_speech import GraniteSpeech
 from granite_fms.processor import GraniteSpeechProcessor
+from granite_fms.prompts import PromptPreset, preset_for
 
-TRANSCRIBE_INSTRUCTION = "can you transcribe the speech into a written format?"
-TRANSLATE_INSTRUCTION = "translate the speech to {language}"
+logger = logging.getLogger(__name__)
 
 Audio = AudioClip | list[AudioClip]
 Prompt = str | Sequence[str]
 PromptIds = Sequence[int] | Sequence[Sequence[int]]
+EosIds = int | list[int] | None
+
+
+def read_eos_token_ids(model_dir: str | Path) -> list[int]:
+    """The EOS ids of `generation_config.json` (one or a list), or [] if there is none."""
+    path = Path(model_dir) / "generation_config.json"
+    if not path.is_file():
+        return []
+    try:
+        eos = json.loads(path.read_text()).get("eos_token_id")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    ids = [] if eos is None else [eos] if isinstance(eos, int) else eos
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ValueError(f"{path}: eos_token_id must be an int or a list of ints, got {eos!r}")
+    return list(ids)
 
 
 @dataclass
 class SpeechPipeline:
-    """A `GraniteSpeech` model and its processor (whose tokenizer is optional).
+    """A `GraniteSpeech` model, its processor (whose tokenizer is optional) and a generator.
 
-    `eos_token_id` stops generation; it defaults to the tokenizer's EOS (None: no stop).
+    eos_token_id: the id(s) that end a row; defaults to the tokenizer's EOS (None: no stop).
+    prompts: the system turn and instructions; defaults to the checkpoint family's preset.
+    generator: the generation loop; eager unless `compile()` (or one passed in) says otherwise.
     """
 
     model: GraniteSpeech
     processor: GraniteSpeechProcessor = field(default_factory=GraniteSpeechProcessor)
-    eos_token_id: int | None = None
+    eos_token_id: EosIds = None
+    prompts: PromptPreset | None = None
     generator: Generator | None = None
 
     def __post_init__(self):
+        if self.generator is None:
+            self.generator = Generator(self.model, compile=False)
+        if self.prompts is None:
+            self.prompts = preset_for(self.audio_token_id)
         if self.tokenizer is None:
             return
         audio_id = self.tokenizer.convert_tokens_to_ids(self.processor.audio_token)
@@ -72,10 +99,13 @@ class SpeechPipeline:
         """Model and processor from a local Hugging Face checkpoint directory.
 
         The tokenizer is loaded if the directory has tokenizer files (the released ones do).
+        EOS ids: those of `generation_config.json` (all of them), else the tokenizer's.
         `compile=True` is `compile()` with its defaults.
         """
         model = load_model(model_dir, dtype=dtype, device=device)
-        pipe = cls(model, GraniteSpeechProcessor.from_pretrained(model_dir))
+        eos = read_eos_token_ids(model_dir)
+        processor = GraniteSpeechProcessor.from_pretrained(model_dir)
+        pipe = cls(model, processor, eos_token_id=eos[0] if len(eos) == 1 else eos or None)
         return pipe.compile() if compile else pipe
 
     def compile(
@@ -109,17 +139,33 @@ class SpeechPipeline:
     def audio_token_id(self) -> int:
         return self.model.config.audio_token_index
 
-    def transcribe(self, audio: Audio, *, max_new_tokens: int = 200) -> list[str]:
-        """Transcript of each clip."""
-        prompt = self.processor.audio_token + TRANSCRIBE_INSTRUCTION
-        return self.generate(audio, prompt, max_new_tokens=max_new_tokens)
-
-    def translate(self, audio: Audio, language: str, *, max_new_tokens: int = 200) -> list[str]:
-        """Translation of each clip's speech into `language` (e.g. "French")."""
-        instruction = TRANSLATE_INSTRUCTION.format(language=language)
-        return self.generate(
-            audio, self.processor.audio_token + instruction, max_new_tokens=max_new_tokens
+    def transcribe(
+        self,
+        audio: Audio,
+        *,
+        max_new_tokens: int = 200,
+        num_beams: int = 1,
+        keywords: Sequence[str] = (),
+    ) -> list[str]:
+        """Transcript of each clip (`keywords`: words to bias towards, as the cards do)."""
+        prompt = self.prompts.user_turn(
+            "transcribe", keywords=keywords, audio_token=self.processor.audio_token
         )
+        return self.generate(audio, prompt, max_new_tokens=max_new_tokens, num_beams=num_beams)
+
+    def translate(
+        self,
+        audio: Audio,
+        language: str,
+        *,
+        max_new_tokens: int = 200,
+        num_beams: int = 1,
+    ) -> list[str]:
+        """Translation of each clip's speech into `language` (e.g. "French")."""
+        prompt = self.prompts.user_turn(
+            "translate", language=language, audio_token=self.processor.audio_token
+        )
+        return self.generate(audio, prompt, max_new_tokens=max_new_tokens, num_beams=num_beams)
 
     def generate(
         self,
@@ -129,6 +175,7 @@ class SpeechPipeline:
         prompt_ids: PromptIds | None = None,
         max_new_tokens: int = 200,
         chat_template: bool = True,
+        num_beams: int = 1,
     ) -> list[str]:
         """`generate_ids`, decoded with the tokenizer (special tokens skipped)."""
         if self.tokenizer is None:
@@ -139,10 +186,10 @@ class SpeechPipeline:
             prompt_ids=prompt_ids,
             max_new_tokens=max_new_tokens,
             chat_template=chat_template,
+            num_beams=num_beams,
         )
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
-    @torch.no_grad()
     def generate_ids(
         self,
         audio: Audio | None = None,
@@ -151,24 +198,47 @@ class SpeechPipeline:
         prompt_ids: PromptIds | None = None,
         max_new_tokens: int = 200,
         chat_template: bool = True,
+        num_beams: int = 1,
     ) -> list[list[int]]:
-        """Greedy new token ids for each request, up to (not including) the first EOS.
+        """New token ids for each request, up to (not including) the first EOS.
 
         audio: one clip or a list (wav/flac paths, or 1-D float arrays/tensors at 16 kHz);
             None for a text-only request, which runs the LLM with the LoRA adapter off
             (unless `model.set_adapter("on")`).
         prompt: text with one `<|audio|>` placeholder per request with audio and none without;
             one string for every clip, or one per clip. Needs a tokenizer; wrapped in the
-            tokenizer's chat template as the user turn if it has one and `chat_template`.
-            Default with audio: "<|audio|>" + `TRANSCRIBE_INSTRUCTION`.
+            tokenizer's chat template, after the preset's system turn, if it has one and
+            `chat_template`. Default with audio: the preset's transcription turn.
         prompt_ids: instead of `prompt`, already tokenized (and templated) prompts: one list of
             ids for every clip, or one per clip, each holding the audio token id
             (`audio_token_id`) once with audio and never without. Needs no tokenizer.
+        num_beams: 1 is greedy; K > 1 is HF's beam search (`generate(num_beams=K)`).
 
         The placeholder of row i is expanded to as many audio tokens as clip i makes.
         """
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        out = self.run(
+            audio,
+            prompt,
+            prompt_ids=prompt_ids,
+            max_new_tokens=max_new_tokens,
+            chat_template=chat_template,
+            num_beams=num_beams,
+        )
+        return [g.tokens for g in out]
+
+    @torch.no_grad()
+    def run(
+        self,
+        audio: Audio | None = None,
+        prompt: Prompt | None = None,
+        *,
+        prompt_ids: PromptIds | None = None,
+        max_new_tokens: int | Sequence[int] = 200,
+        chat_template: bool = True,
+        num_beams: int = 1,
+    ) -> list[Generation]:
+        """`generate_ids` with each row's details: tokens, whether it ended with an EOS (or was
+        cut by `max_new_tokens`, one budget for all or one per request) and its beam score."""
         features = None
         if audio is not None:
             features = self.processor.feature_extractor(audio).to(self.device)
@@ -176,31 +246,25 @@ class SpeechPipeline:
         rows = self._prompt_rows(prompt, prompt_ids, n_clips, chat_template)
         if features is None:
             inputs = [torch.tensor(row, dtype=torch.long) for row in rows]
-            extra = {}
         else:
             counts = self.model.audio_token_counts(features.input_features_mask).tolist()
             inputs = [
                 self.processor.expand_audio_token_ids(row, self.audio_token_id, count)
                 for row, count in zip(rows, counts, strict=True)
             ]
-            extra = features.as_dict()
-        if self.generator is not None:
-            return self.generator.generate(
-                inputs, features, max_new_tokens=max_new_tokens, eos_token_id=self.eos_token_id
-            )
-        ids, padding = pad_input_ids([row.to(self.device) for row in inputs])
-        out = generate(
-            self.model,
-            ids,
-            max_seq_len=ids.shape[1] + max_new_tokens,
+        out = self.generator.generate(
+            inputs,
+            features,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
-            use_cache=True,
             eos_token_id=self.eos_token_id,
-            prepare_model_inputs_hook=self.model.prepare_inputs_for_generation,
-            extra_kwargs={**extra, **padding},
+            num_beams=num_beams,
         )
-        return [until_eos(row, self.eos_token_id) for row in out[:, ids.shape[1] :].tolist()]
+        cut = [i for i, g in enumerate(out) if not g.finished and self.eos_token_id is not None]
+        if cut:
+            logger.warning(
+                "requests %s reached max_new_tokens without an EOS: their outputs are cut", cut
+            )
+        return out
 
     def _prompt_rows(
         self,
@@ -219,7 +283,7 @@ class SpeechPipeline:
             if prompt is None:
                 if n_clips is None:
                     raise ValueError("nothing to do: pass audio, a prompt or prompt_ids")
-                prompt = self.processor.audio_token + TRANSCRIBE_INSTRUCTION
+                prompt = self.prompts.user_turn(audio_token=self.processor.audio_token)
             texts = [prompt] if isinstance(prompt, str) else list(prompt)
             rows = [
                 self._tokenize(i, text, n_clips is not None, chat_template)
@@ -244,6 +308,15 @@ class SpeechPipeline:
                 )
         return rows
 
+    def prompt_text(self, text: str, chat_template: bool = True) -> str:
+        """The text the tokenizer sees for one prompt: in the chat template (if the tokenizer
+        has one and `chat_template`), after the preset's pinned system turn."""
+        if chat_template and getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                self.prompts.messages(text), tokenize=False, add_generation_prompt=True
+            )
+        return text
+
     def _tokenize(self, i: int, text: str, has_audio: bool, chat_template: bool) -> list[int]:
         token = self.processor.audio_token
         if self.tokenizer is None:
@@ -256,11 +329,7 @@ class SpeechPipeline:
             raise ValueError(f"prompt {i} has {found} {token} placeholders; with audio it needs 1")
         if not has_audio and found:
             raise ValueError(f"prompt {i} has {token} but no audio was given")
-        if chat_template and getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-            )
-        return list(self.tokenizer(text)["input_ids"])
+        return list(self.tokenizer(self.prompt_text(text, chat_template))["input_ids"])
 
 
 def _is_flat(prompt_ids: PromptIds) -> bool:
@@ -268,4 +337,4 @@ def _is_flat(prompt_ids: PromptIds) -> bool:
     return len(prompt_ids) > 0 and torch.as_tensor(prompt_ids[0]).ndim == 0
 
 
-__all__ = ["SpeechPipeline", "TRANSCRIBE_INSTRUCTION", "TRANSLATE_INSTRUCTION"]
+__all__ = ["SpeechPipeline", "read_eos_token_ids"]
