@@ -81,7 +81,7 @@ def test_bucketing_changes_no_output(pair_33):
     assert p.input_ids.shape[1] == 64 and p.features.shape[1] == 200
     with torch.no_grad():
         fm.start_request(True)
-        embeds = gen.embed(p.input_ids, p.features, p.frame_mask)
+        embeds = fm.merge_audio(p.input_ids, gen.encode(p.features, p.frame_mask), p.frame_mask)
         got = gen.prefill(embeds, p.position_ids, p.cache, torch.arange(p.prompt_len), p.key_valid)
         ref = fm(ids[0][None], input_features=feats.input_features)[:, -1]
     assert rel_err(ref, got) < 1e-5
@@ -108,15 +108,15 @@ def test_recompiles_bounded_over_lengths_prompts_and_batches(pair_33, strict_dyn
         seq = policy.tokens(max(len(r) for r in ids))
         cache = policy.cache_len(seq, new)
         expected |= {
-            ("embed", policy.frames(feats.input_features.shape[1]), rows, seq),
+            ("encode", policy.frames(feats.input_features.shape[1]), rows),
             ("prefill", rows, seq, cache),
             ("decode", rows, cache),
         }
     assert cnt.frame_count == len(expected)
-    # The documented bound for 0-30 s, batch <= 4 and one max_new_tokens: 4 audio buckets x
-    # 3 batch buckets for the audio path (x prompt buckets, but audio length fixes those),
-    # 4 prompt x 3 batch buckets for prefill, 2 cache lengths x 3 batch buckets for decode.
-    assert cnt.frame_count <= 4 * 3 * 2 + 4 * 3 + 2 * 3
+    # The documented bound for 0-30 s, batch <= 4 and one max_new_tokens: 4 audio x 3 batch
+    # buckets for the audio path (the merge is outside it, so prompt buckets do not multiply
+    # it), 4 prompt x 3 batch buckets for prefill, 2 cache lengths x 3 batch for decode.
+    assert cnt.frame_count <= 4 * 3 + 4 * 3 + 2 * 3
     before = cnt.frame_count
     for ids, feats in sweep:  # every shape again: nothing new
         gen.generate(ids, feats, max_new_tokens=new)
@@ -168,8 +168,9 @@ def test_inductor_generation_matches_eager(pair_33):
     p = eager.prepare(ids, feats, max_new_tokens=5)
     position = torch.arange(p.prompt_len)
     with torch.no_grad():
-        embeds = eager.embed(p.input_ids, p.features, p.frame_mask)
-        assert rel_err(embeds, compiled.embed(p.input_ids, p.features, p.frame_mask)) < 1e-5
+        audio = eager.encode(p.features, p.frame_mask)
+        assert rel_err(audio, compiled.encode(p.features, p.frame_mask)) < 1e-5
+        embeds = fm.merge_audio(p.input_ids, audio, p.frame_mask)
         ref = eager.prefill(embeds, p.position_ids, p.cache, position, p.key_valid)
         got = compiled.prefill(embeds, p.position_ids, p.cache, position, p.key_valid)
     assert rel_err(ref, got) < 1e-5
@@ -203,3 +204,51 @@ def test_bad_requests_raise(pair_33, make, match):
     ids, feats = make(fm)
     with pytest.raises(ValueError, match=match):
         Generator(fm, compile=False).generate(ids, feats, max_new_tokens=2)
+
+
+def test_recompile_limit_is_scoped_not_global(pair_33, strict_dynamo):
+    """The raised limit applies while a region runs; the process-wide setting is untouched."""
+    _, fm = pair_33
+    before = torch._dynamo.config.recompile_limit
+    ids, feats = _request(fm, [40], [3])
+    Generator(fm, backend="eager").generate(ids, feats, max_new_tokens=3)
+    assert torch._dynamo.config.recompile_limit == before
+
+
+def test_static_caches_are_bounded(pair_33):
+    _, fm = pair_33
+    gen = Generator(fm, compile=False, max_caches=2)
+    for rows in (1, 2, 3, 5):  # batch buckets 1, 2, 4, 8: four caches asked for
+        ids, feats = _request(fm, [30] * rows, [1] * rows)
+        gen.generate(ids, feats, max_new_tokens=2)
+    assert list(gen._caches) == [(4, 256), (8, 256)]
+
+
+def test_warmup_compiles_what_requests_then_use(pair_33, strict_dynamo):
+    _, fm = pair_33
+    cnt = CompileCounterWithBackend("eager")
+    gen = Generator(fm, backend=cnt)
+    gen.warmup([200, 400], batch=(1, 2), text_tokens=5, max_new_tokens=6, progress=False)
+    warmed = cnt.frame_count
+    assert warmed >= 4  # an audio graph per (audio, batch) bucket, plus prefill and decode
+    for frames, rows in ((150, 1), (380, 2)):
+        ids, feats = _request(fm, [frames] * rows, [3] * rows)
+        gen.generate(ids, feats, max_new_tokens=6)
+    assert cnt.frame_count == warmed
+
+
+def test_regional_compilation_one_graph_for_all_layers(ckpt_33):
+    """Regional: each conformer block and decoder layer compiled in place, one graph for
+    every instance of a block (per shape); tokens equal the eager loop's."""
+    import granite_fms
+
+    fm = granite_fms.load_model(ckpt_33)  # its own copy: compiling blocks changes the model
+    torch._dynamo.reset()
+    ids, feats = _request(fm, [45, 30], [2, 4])
+    eager = _tokens(Generator(fm, compile=False).generate(ids, feats, max_new_tokens=5))
+    cnt = CompileCounterWithBackend("eager")
+    regional = Generator(fm, backend=cnt, regional=True)
+    assert _tokens(regional.generate(ids, feats, max_new_tokens=5)) == eager
+    # 2 encoder blocks: one graph; 2 decoder layers: one graph each for prefill and decode
+    assert cnt.frame_count == 3
+    torch._dynamo.reset()

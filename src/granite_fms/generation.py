@@ -5,7 +5,9 @@
 
 Three compiled regions, each one graph with no breaks:
 
-* `embed`: encoder, projector and merge (`GraniteSpeech.embed_audio_and_text`);
+* `encode`: encoder and projector (`GraniteSpeech.audio_embeddings`), a graph per (audio,
+  batch) bucket; the merge into the prompt's embeddings runs eagerly after it (a few small
+  ops with no host sync);
 * `prefill`: the LLM over the prompt embeddings, writing a preallocated KV cache;
 * `decode`: one token for every row, reading and writing the same cache in place.
 
@@ -25,12 +27,16 @@ it runs once per clip on the host, its input length is the raw audio's, and its 
 what the buckets pad.
 """
 
+import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from fms.modules.attention import register_attention_op
+from tqdm.auto import tqdm
 
 from granite_fms.features import AudioFeatures
 from granite_fms.granite_speech import GraniteSpeech
@@ -245,12 +251,21 @@ class Generation:
 
 
 class Generator:
-    """Greedy or beam-search generation with the audio path, prefill and decode step each one
-    compiled graph per bucket.
+    """Greedy or beam-search generation: the audio path (encoder + projector), prefill and
+    decode step each one compiled graph per bucket.
 
     compile: False runs the same bucketed static-cache loop eagerly (`SpeechPipeline`'s default).
     backend / mode: passed to `torch.compile`; `mode="reduce-overhead"` captures the decode
         step in CUDA graphs on a GPU (the default when the model is on CUDA).
+    regional: compile the repeated blocks (each conformer block, each decoder layer) instead of
+        whole regions: one graph serves every layer, so the cold compile is shorter; the code
+        between blocks runs eagerly. PyTorch's regional-compilation recipe compiles the blocks
+        in place (`nn.Module.compile`), so the model's blocks stay compiled afterwards.
+    cache_dir: root of Inductor's on-disk caches (FX graph and AOTAutograd caches) for this
+        process, so a later process that compiles the same graphs loads them instead of
+        generating code (a warm start). Set before the first compile; process-wide.
+    max_caches: static KV caches kept, one per (rows, length) bucket, least recently used
+        dropped first (a dropped one is allocated again when its bucket returns).
     """
 
     def __init__(
@@ -261,6 +276,9 @@ class Generator:
         compile: bool = True,
         backend: str | Callable = "inductor",
         mode: str | None = None,
+        regional: bool = False,
+        cache_dir: str | os.PathLike | None = None,
+        max_caches: int = 8,
     ):
         self.model = model.eval()
         self.policy = policy or BucketPolicy()
@@ -268,24 +286,40 @@ class Generator:
             mode = "reduce-overhead"
         self.compiled = compile
         self.mode = mode if compile else None
-        self._caches: dict[tuple[int, int], list] = {}
+        self.max_caches = max_caches
+        self._caches: OrderedDict[tuple[int, int], list] = OrderedDict()
+        if compile and cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir).resolve())
 
-        # Each region is one code object with a graph per bucket; dynamo's default limit (8)
-        # would silently fall back to eager past 8 buckets. The largest region (embed) has a
-        # graph per (audio, prompt, batch) bucket; the factor 4 leaves room for the buckets
-        # past the largest ones (longer audio, more rows) and for several cache lengths.
+        # Each region is one code object with a graph per bucket. Dynamo's default
+        # recompile_limit (8) would stop it past 8 buckets: with fullgraph=True that raises
+        # FailOnRecompileLimitHit (it does not fall back to eager). The limit is raised only
+        # while a region runs: the largest region (audio) has a graph per (audio, batch)
+        # bucket; the factor 4 leaves room for buckets past the largest ones (longer audio,
+        # more rows), several cache lengths, beam search's decode and other Generators.
         policy = self.policy
         limit = 4 * len(policy.audio_frames) * len(policy.prompt_tokens) * len(policy.batch)
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+        options = dict(fullgraph=True, dynamic=False, backend=backend)
 
         def region(fn: Callable, region_mode: str | None = None) -> Callable:
-            if not compile:
+            if not compile or regional:
                 return fn
-            return torch.compile(
-                fn, fullgraph=True, dynamic=False, backend=backend, mode=region_mode
-            )
+            graphs = torch.compile(fn, mode=region_mode, **options)
 
-        self.embed = region(model.embed_audio_and_text)
+            def run(*args):
+                with torch._dynamo.config.patch(recompile_limit=limit):
+                    return graphs(*args)
+
+            return run
+
+        if compile and regional:
+            blocks = [*model.encoder.layers, *model.language_model.base_model.layers]
+            for block in blocks:
+                block.compile(mode=mode, **options)
+        # The merge stays outside the audio graph: a handful of small ops, and inside it they
+        # would multiply the audio graphs by the prompt buckets.
+        self.encode = region(model.audio_embeddings)
         self.prefill = region(lambda *args: _prefill(model, *args))
         self.decode = region(lambda *args: _decode(model, *args), self.mode)
 
@@ -344,11 +378,20 @@ class Generator:
             self.model.check_audio_inputs(ids, feats, mask)
         elif (ids == self.model.config.audio_token_index).any():
             raise ValueError("the prompts hold audio placeholders but no audio was given")
-        key = (llm_batch, length)
-        if key not in self._caches:  # reused: a new address would make CUDA graphs re-record
-            self._caches[key] = allocate_cache(self.model, llm_batch, length)
-        cache = self._caches[key]
+        cache = self._cache(llm_batch, length)
         return Prepared(rows, num_beams, ids, position_ids, key_valid, cache, feats, mask, llm_rows)
+
+    def _cache(self, batch: int, length: int) -> list:
+        """The static KV cache of a bucket, reused: a new address would make CUDA graphs
+        re-record. At most `max_caches` are kept."""
+        key = (batch, length)
+        if key in self._caches:
+            self._caches.move_to_end(key)
+        else:
+            self._caches[key] = allocate_cache(self.model, batch, length)
+            if len(self._caches) > self.max_caches:
+                self._caches.popitem(last=False)
+        return self._caches[key]
 
     @torch.no_grad()
     def generate(
@@ -371,19 +414,26 @@ class Generator:
         """
         budgets = _budgets(max_new_tokens, len(input_ids))
         p = self.prepare(input_ids, features, max(budgets), num_beams)
+        search = self._search(p, budgets, eos_token_id)
+        self._loop(p, search, max(budgets))
+        return search.results()
+
+    def _search(self, p: Prepared, budgets: list[int], eos_token_id) -> "_Search":
         eos = _eos_tensor(eos_token_id, self.device)
         budget = torch.tensor(budgets, device=self.device)
-        if num_beams == 1:
-            search: _Search = _Greedy(p.rows, budget, eos)
-        else:
-            scale = self.model.config.text_config.logits_scaling
-            search = _BeamSearch(p.rows, num_beams, p.position_ids.shape[0], budget, eos, scale)
+        if p.num_beams == 1:
+            return _Greedy(p.rows, budget, eos)
+        scale = self.model.config.text_config.logits_scaling
+        return _BeamSearch(p.rows, p.num_beams, p.position_ids.shape[0], budget, eos, scale)
 
+    def _loop(self, p: Prepared, search: "_Search", steps: int) -> None:
+        """features -> embed (audio path) -> prefill -> up to `steps` decode steps."""
         self.model.start_request(p.features is not None)
         if p.features is None:
             embeds = self.model.language_model.base_model.embedding(p.input_ids)
         else:
-            embeds = self.embed(p.input_ids, p.features, p.frame_mask)
+            audio = self.encode(p.features, p.frame_mask)
+            embeds = self.model.merge_audio(p.input_ids, audio, p.frame_mask)
         if p.llm_rows is not None:
             embeds = embeds.index_select(0, p.llm_rows)
         seq = p.prompt_len
@@ -391,7 +441,6 @@ class Generator:
             embeds, p.position_ids, p.cache, torch.arange(seq, device=self.device), p.key_valid
         )
         position = p.position_ids[:, -1:]
-        steps = max(budgets)
         for step in range(steps):
             tokens, order = search.step(logits, step)
             if step + 1 == steps or (step % 8 == 7 and bool(search.done())):
@@ -399,7 +448,33 @@ class Generator:
             position = position + 1
             slot = torch.full((1,), seq + step, device=self.device)
             logits = self.decode(tokens, position, p.cache, slot, p.key_valid, order)
-        return search.results()
+
+    @torch.no_grad()
+    def warmup(
+        self,
+        audio_frames: Sequence[int] | None = None,
+        batch: Sequence[int] = (1,),
+        *,
+        text_tokens: int = 64,
+        max_new_tokens: int = 128,
+        num_beams: int = 1,
+        progress: bool = True,
+    ) -> None:
+        """Compile now the graphs that requests of these shapes will use: for each audio
+        bucket (default: all of the policy's) and batch size, a request of silence whose
+        prompt holds `text_tokens` text tokens, prefilled and decoded for two steps (the
+        decode graph depends on the cache length, fixed by `max_new_tokens`)."""
+        frames = list(audio_frames or self.policy.audio_frames)
+        audio_id = self.model.config.audio_token_index
+        shapes = [(f, b) for f in frames for b in batch]
+        for f, b in tqdm(shapes, desc="compiling buckets", unit="bucket", disable=not progress):
+            mask = torch.ones(b, f, dtype=torch.bool)
+            count = int(self.model.audio_token_counts(mask[:1])[0])
+            ids = [torch.tensor([1] * text_tokens + [audio_id] * count)] * b
+            dim = self.model.config.encoder_config.input_dim
+            feats = AudioFeatures(torch.zeros(b, f, dim), mask, torch.full((b,), count))
+            p = self.prepare(ids, feats, max_new_tokens, num_beams)
+            self._loop(p, self._search(p, [2] * b, None), 2)
 
 
 def _budgets(max_new_tokens: int | Sequence[int], rows: int) -> list[int]:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from granite_fms.checkpoint import load_model
-from granite_fms.features import AudioClip
+from granite_fms.features import AudioClip, encoder_frame_count
 from granite_fms.generation import BucketPolicy, Generation, Generator
 from granite_fms.granite_speech import GraniteSpeech
 from granite_fms.processor import GraniteSpeechProcessor
@@ -114,13 +114,56 @@ class SpeechPipeline:
         mode: str | None = None,
         backend: str | Callable = "inductor",
         policy: BucketPolicy | None = None,
+        regional: bool = False,
+        cache_dir: str | Path | None = None,
     ) -> "SpeechPipeline":
         """Generate through compiled graphs from now on (the recommended way to serve).
 
-        Each new bucket compiles on its first request (see `BucketPolicy`); `mode` defaults to
-        "reduce-overhead" (CUDA graphs for the decode step) on a GPU and None on CPU.
+        Each new bucket compiles on its first request (see `BucketPolicy`), or all at once
+        with `warmup()`; `mode` defaults to "reduce-overhead" (CUDA graphs for the decode step)
+        on a GPU and None on CPU. `regional` and `cache_dir` (a compile cache that a later
+        process starts warm from): see `Generator`.
         """
-        self.generator = Generator(self.model, policy, backend=backend, mode=mode)
+        self.generator = Generator(
+            self.model, policy, backend=backend, mode=mode, regional=regional, cache_dir=cache_dir
+        )
+        return self
+
+    def warmup(
+        self,
+        audio_seconds: Sequence[float] | None = None,
+        batch_sizes: Sequence[int] = (1,),
+        *,
+        max_new_tokens: int = 200,
+        num_beams: int = 1,
+        progress: bool = True,
+    ) -> "SpeechPipeline":
+        """Compile the buckets that transcription requests of these lengths (default: every
+        audio bucket) and batch sizes will use, with a progress bar, before the first request.
+        The prompt's text length is the preset's transcription prompt's."""
+        user = self.prompts.user_turn(audio_token=self.processor.audio_token)
+        if self.tokenizer is not None:
+            text = len(self._tokenize(0, user, True, True)) - 1
+        else:
+            text = len(user.split())
+        frames = None
+        if audio_seconds is not None:
+            fe = self.processor.feature_extractor
+            samples = [int(s * fe.sample_rate) for s in audio_seconds]
+            frames = sorted(
+                {
+                    self.generator.policy.frames(encoder_frame_count(n, fe.hop_length))
+                    for n in samples
+                }
+            )
+        self.generator.warmup(
+            frames,
+            batch_sizes,
+            text_tokens=text,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            progress=progress,
+        )
         return self
 
     @property
