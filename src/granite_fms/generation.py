@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from granite_fms.features import AudioFeatures
 from granite_fms.granite_speech import GraniteSpeech
+from granite_fms.quantize import quantize_llm
 
 STATIC_ATTENTION = "granite_fms_static"
 
@@ -266,6 +267,8 @@ class Generator:
         generating code (a warm start). Set before the first compile; process-wide.
     max_caches: static KV caches kept, one per (rows, length) bucket, least recently used
         dropped first (a dropped one is allocated again when its bucket returns).
+    quantize: "int8" quantises the LLM's linear weights in place first (weight-only, torchao;
+        see `granite_fms.quantize`).
     """
 
     def __init__(
@@ -279,7 +282,10 @@ class Generator:
         regional: bool = False,
         cache_dir: str | os.PathLike | None = None,
         max_caches: int = 8,
+        quantize: str | None = None,
     ):
+        if quantize is not None:
+            quantize_llm(model, quantize)
         self.model = model.eval()
         self.policy = policy or BucketPolicy()
         if mode is None and self.device.type == "cuda" and backend == "inductor":
