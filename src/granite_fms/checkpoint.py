@@ -21,6 +21,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, PretrainedConfig
 
 from granite_fms.conformer import ConformerConfig
+from granite_fms.distributed import check_strategy, load_sharded, strategy_from_name
 from granite_fms.granite_speech import GraniteSpeech, GraniteSpeechConfig, hf_to_fms_name
 from granite_fms.qformer import QFormerConfig
 
@@ -206,17 +207,22 @@ def load_model(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     with_adapter: bool = True,
+    distributed_strategy: str | None = None,
 ) -> GraniteSpeech:
     """Load a Hugging Face Granite Speech checkpoint directory into an FMS `GraniteSpeech`.
 
     Reads `config.json`, the base weights named by the safetensors index (or
     `model.safetensors`), and the peft LoRA adapter if present (`with_adapter=False` skips
-    it). `dtype=None` keeps the checkpoint's dtype. Returns the model in eval mode.
+    it). `dtype=None` keeps the checkpoint's dtype. `distributed_strategy="tp"` (under torchrun,
+    see `granite_fms.distributed`) shards the LLM over the default process group; each rank
+    reads the checkpoint on the CPU and keeps its shard on `device`. Returns the model in eval
+    mode.
     """
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
         raise ValueError(f"{model_dir} has no config.json: not a Hugging Face checkpoint directory")
     device = torch.device(device)
+    strategy = strategy_from_name(distributed_strategy)
     hf_config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     if hf_config.model_type != "granite_speech":
         raise ValueError(
@@ -224,10 +230,12 @@ def load_model(
             "not Granite Speech ('granite_speech')"
         )
     config = fms_config_from_hf(hf_config, model_dir if with_adapter else None)
+    check_strategy(strategy, config.text_config)  # before reading any weights
     files = weight_files(model_dir)
     if config.lora_rank:
         files.append(model_dir / ADAPTER_WEIGHTS)
-    raw, origin = _read_tensors(files, device, dtype)
+    read_device = device if distributed_strategy is None else torch.device("cpu")
+    raw, origin = _read_tensors(files, read_device, dtype)
     state = serialization.get_adapted("granite_speech", "hf", raw, {"model_config": config})
 
     with torch.device("meta"):
@@ -247,7 +255,12 @@ def load_model(
                 f"shape mismatch for {name}: the model expects {tuple(expected[name].shape)}, "
                 f"the checkpoint has {tuple(tensor.shape)} (from {origin.get(name, ['?'])})"
             )
-    model.load_state_dict(state, strict=False, assign=True)
+    if distributed_strategy is None:
+        model.load_state_dict(state, strict=False, assign=True)
+    else:  # checked above against the full shapes; now each rank takes its shards
+        with torch.device("meta"):
+            model = GraniteSpeech(config, distributed_strategy=strategy)
+        load_sharded(model, dict(state), device)
     model.post_init()
     return model.eval()
 

@@ -152,11 +152,13 @@ def allocate_cache(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Zeroed (key, value) tensors of shape (batch, kvheads, length, head_dim) per LLM layer.
 
+    kvheads is the attention module's own count: under tensor parallel, this rank's heads.
     Marked as static addresses: CUDA graphs read and write them in place without copies.
     """
     cfg = model.config.text_config
     weight = model.language_model.base_model.embedding.weight
-    shape = (batch, cfg.kvheads, length, cfg.head_dim)
+    kvheads = model.language_model.base_model.layers[0].attn.kvheads
+    shape = (batch, kvheads, length, cfg.head_dim)
     cache = []
     for _ in range(cfg.nlayers):
         pair = tuple(torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in "kv")

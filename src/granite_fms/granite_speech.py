@@ -26,6 +26,7 @@ from fms.utils import serialization
 from fms.utils.config import ModelConfig
 
 from granite_fms.conformer import ConformerConfig, ConformerEncoder
+from granite_fms.distributed import check_strategy
 from granite_fms.lora import LoRAFusedQKV, add_lora
 from granite_fms.qformer import QFormerConfig, QFormerProjector
 
@@ -114,6 +115,9 @@ class GraniteSpeech(nn.Module):
                 f"projector_config.encoder_dim ({cfg.projector_config.encoder_dim}) must equal "
                 f"encoder_config.emb_dim ({cfg.encoder_config.emb_dim})"
             )
+        check_strategy(distributed_strategy, cfg.text_config)
+        # Only the LLM is sharded (FMS's Granite TP); the encoder and projector are replicated,
+        # as FMS keeps its vision towers replicated.
         self.distributed_strategy = distributed_strategy
         self.encoder = ConformerEncoder(cfg.encoder_config)
         self.projector = QFormerProjector(cfg.projector_config)

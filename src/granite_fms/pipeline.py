@@ -95,14 +95,18 @@ class SpeechPipeline:
         dtype: torch.dtype | None = None,
         device: str | torch.device = "cpu",
         compile: bool = False,
+        distributed_strategy: str | None = None,
     ) -> "SpeechPipeline":
         """Model and processor from a local Hugging Face checkpoint directory.
 
         The tokenizer is loaded if the directory has tokenizer files (the released ones do).
         EOS ids: those of `generation_config.json` (all of them), else the tokenizer's.
-        `compile=True` is `compile()` with its defaults.
+        `compile=True` is `compile()` with its defaults. `distributed_strategy="tp"` shards the
+        LLM over the ranks of a torchrun job (`load_model`); every rank runs the same requests.
         """
-        model = load_model(model_dir, dtype=dtype, device=device)
+        model = load_model(
+            model_dir, dtype=dtype, device=device, distributed_strategy=distributed_strategy
+        )
         eos = read_eos_token_ids(model_dir)
         processor = GraniteSpeechProcessor.from_pretrained(model_dir)
         pipe = cls(model, processor, eos_token_id=eos[0] if len(eos) == 1 else eos or None)

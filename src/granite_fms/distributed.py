@@ -1,0 +1,119 @@
+"""Tensor parallel Granite Speech with FMS's `TensorParallelStrategy`.
+
+    # torchrun --nproc-per-node 2 script.py
+    strategy, device = init_distributed("cuda")          # "tp" under torchrun, else None
+    model = granite_fms.load_model(path, device=device, distributed_strategy=strategy)
+
+What is sharded is what FMS shards in its own `Granite`: each decoder block's attention (query
+and key/value heads, output projection) and gated MLP, with one all-reduce after each. The
+LoRA adapter follows the fused QKV it adds to (`lora.TPLoRAFusedQKV`). The embedding, the head,
+the encoder and the projector are replicated, as FMS keeps its vision towers replicated.
+"""
+
+import os
+from collections.abc import MutableMapping
+
+import torch
+import torch.distributed as dist
+from fms import distributed as fms_distributed
+from fms.distributed.strategy import (
+    DistributedStrategy,
+    NoOpStrategy,
+    NotDistributed,
+    TensorParallelStrategy,
+)
+from fms.models.granite import GraniteConfig
+from fms.utils import serialization
+from torch import nn
+
+_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def init_distributed(device_type: str = "cuda") -> tuple[str | None, torch.device]:
+    """Initialise torch.distributed from torchrun's environment (FMS's `--distributed`).
+
+    Returns the strategy name for `load_model` / `get_model` ("tp"; None for a single process)
+    and this rank's device (`cuda:LOCAL_RANK`, or the CPU). NCCL on CUDA, gloo on the CPU.
+    """
+    if device_type not in ("cuda", "cpu"):
+        raise ValueError(f"device_type must be 'cuda' or 'cpu', got {device_type!r}")
+    missing = [name for name in _TORCHRUN_ENV if name not in os.environ]
+    if missing:
+        raise ValueError(
+            f"distributed mode needs torchrun (environment variables {missing} are not set); "
+            "run e.g. `torchrun --nproc-per-node 2 ...`"
+        )
+    local_rank = int(os.environ["LOCAL_RANK"])
+    device = torch.device(device_type, local_rank) if device_type == "cuda" else torch.device("cpu")
+    if device_type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return ("tp" if dist.get_world_size() > 1 else None), device
+
+
+def strategy_from_name(name: str | None) -> DistributedStrategy:
+    """NoOpStrategy for None, a TensorParallelStrategy over the default group for "tp"."""
+    if name is None:
+        return NoOpStrategy
+    if name != "tp":
+        raise ValueError(
+            f"distributed_strategy must be None or 'tp' (tensor parallel), got {name!r}"
+        )
+    if not dist.is_initialized():
+        raise ValueError(
+            "distributed_strategy='tp' needs an initialised process group "
+            "(granite_fms.distributed.init_distributed() under torchrun)"
+        )
+    return TensorParallelStrategy()
+
+
+def check_strategy(strategy: DistributedStrategy, text: GraniteConfig) -> None:
+    """Refuse strategies the model cannot run correctly, and TP sizes its heads do not divide.
+
+    Checked here so the error names the configuration field before FMS's TP modules assert.
+    """
+    if isinstance(strategy, NotDistributed):
+        return
+    if not isinstance(strategy, TensorParallelStrategy):
+        raise ValueError(
+            f"distributed strategy {type(strategy).__name__} is not supported by GraniteSpeech: "
+            "use tensor parallel ('tp', TensorParallelStrategy) or none"
+        )
+    world = strategy.group.size()
+    hidden = int(text.hidden_grow_factor * text.emb_dim)
+    if text.multiple_of:
+        hidden = text.multiple_of * -(-hidden // text.multiple_of)
+    problems = []
+    if text.nheads % world:
+        problems.append(f"nheads={text.nheads} is not divisible by it")
+    if text.kvheads % world and world % text.kvheads:
+        problems.append(f"kvheads={text.kvheads} neither divides it nor is divisible by it")
+    if hidden % world:
+        problems.append(f"the MLP hidden size {hidden} is not divisible by it")
+    if problems:
+        raise ValueError(
+            f"tensor parallel over {world} ranks: the LLM's (text_config) " + "; ".join(problems)
+        )
+
+
+def load_sharded(
+    model: nn.Module, state: MutableMapping[str, torch.Tensor], device: torch.device
+) -> None:
+    """Copy full FMS-named tensors into a model built on meta with TensorParallelStrategy.
+
+    FMS's loader shards each tensor that lies under a TP module (its `load_weights`) and copies
+    the rest whole; it consumes `state`, one layer at a time, onto `device`.
+    """
+    serialization.load_state_dict_into_model(
+        model,
+        state,
+        architecture="granite_speech",
+        source="fms",  # already adapted: no adapter step runs again
+        distributed_strategy="tp",
+        initial_device=device,
+        rank=fms_distributed.rank_and_world()[0],
+    )
+
+
+__all__ = ["check_strategy", "init_distributed", "load_sharded", "strategy_from_name"]

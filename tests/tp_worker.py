@@ -1,0 +1,168 @@
+"""One rank of the tensor-parallel checks, started by test_tensor_parallel.py as
+`torchrun --standalone --nproc-per-node 2 tests/tp_worker.py OUT NAME=CKPT... --bad CKPT`.
+
+For each checkpoint the rank loads it sharded three ways (load_model through
+SpeechPipeline.from_pretrained, get_model hf_pretrained, get_model with a variant), runs
+`run_checks` and saves what it measured to OUT/rank{r}.pt; the test compares that with
+`run_checks` on the same checkpoint in one process.
+"""
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+from fms.models import get_model
+from transformers import AutoConfig
+
+import granite_fms
+from granite_fms.distributed import init_distributed
+from granite_fms.features import AudioFeatures
+from granite_fms.generation import Generator
+from granite_fms.granite_speech import GraniteSpeech
+from granite_fms.pipeline import SpeechPipeline
+from helpers import fms_generate
+
+FRAMES = (45, 28)  # two clips of different lengths: padded frames and prompts in one batch
+NEW_TOKENS = 6
+
+
+def tokens_of(out) -> list[list[int]]:
+    """Generator output as token lists, whether rows are lists or objects with `.tokens`."""
+    out = getattr(out, "tokens", out)
+    return [list(getattr(row, "tokens", row)) for row in out]
+
+
+def requests(model: GraniteSpeech) -> tuple[list[torch.Tensor], AudioFeatures]:
+    """Deterministic prompts (placeholders expanded) and padded features for FRAMES."""
+    gen = torch.Generator().manual_seed(7)
+    feats = torch.randn(len(FRAMES), max(FRAMES), 160, generator=gen)
+    mask = torch.zeros(len(FRAMES), max(FRAMES), dtype=torch.bool)
+    for i, n in enumerate(FRAMES):
+        mask[i, :n] = True
+    counts = model.audio_token_counts(mask)
+    audio_id = model.config.audio_token_index
+    ids = [
+        torch.tensor([1, 5] + [audio_id] * int(c) + [7, 8, 9][: i + 1])
+        for i, c in enumerate(counts)
+    ]
+    return ids, AudioFeatures(feats * mask[..., None], mask, counts)
+
+
+def counting_backend(all_reduces: list[int]):
+    """aot_eager, recording how many all-reduces each compiled graph holds."""
+    aot_eager = torch._dynamo.lookup_backend("aot_eager")
+
+    def backend(gm: torch.fx.GraphModule, example_inputs):
+        all_reduces.append(sum("all_reduce" in str(node.target) for node in gm.graph.nodes))
+        return aot_eager(gm, example_inputs)
+
+    return backend
+
+
+@torch.no_grad()
+def run_checks(model: GraniteSpeech, compile: bool) -> dict[str, Any]:
+    """Logits (adapter on, off, text only), greedy tokens of FMS's `generate`, of the
+    pipeline (eager, from a waveform) and of the Generator (compiled with aot_eager)."""
+    ids, feats = requests(model)
+    one = ids[0][None]
+    clip = feats.input_features[:1, : FRAMES[0]]
+    out: dict[str, Any] = {}
+    for mode in ("on", "off"):
+        model.set_adapter(mode)
+        out[f"logits_adapter_{mode}"] = model(one, input_features=clip)
+    model.set_adapter("auto")
+    model.start_request(False)
+    text = torch.tensor([[1, 5, 6, 7, 8, 9, 10]])
+    out["logits_text"] = model(text)
+    out["tokens_fms_audio"] = fms_generate(model, one, clip, None, new=NEW_TOKENS).tolist()
+    out["tokens_fms_text"] = fms_generate(model, text, new=NEW_TOKENS).tolist()
+    wave = 0.1 * torch.randn(8000, generator=torch.Generator().manual_seed(8))
+    out["tokens_pipeline"] = SpeechPipeline(model).generate_ids(
+        wave, prompt_ids=[1, 5, model.config.audio_token_index, 7], max_new_tokens=NEW_TOKENS
+    )
+
+    all_reduces: list[int] = []
+    backend = counting_backend(all_reduces) if compile else "eager"
+    gen = Generator(model, compile=compile, backend=backend)
+    out["tokens_generator_audio"] = tokens_of(gen.generate(ids, feats, max_new_tokens=NEW_TOKENS))
+    out["tokens_generator_text"] = tokens_of(gen.generate([text[0]], max_new_tokens=NEW_TOKENS))
+    out["graph_all_reduces"] = all_reduces
+    return out
+
+
+def parameter_counts(model: GraniteSpeech) -> dict[str, dict[str, int]]:
+    """Per top-level part, this rank's parameters in tensors that are sharded / replicated."""
+    with torch.device("meta"):
+        full = dict(GraniteSpeech(model.config).named_parameters())
+    counts: dict[str, dict[str, int]] = {}
+    for name, p in model.named_parameters():
+        part = "llm" if name.startswith("language_model") else name.split(".")[0]
+        kind = "sharded" if p.shape != full[name].shape else "replicated"
+        row = counts.setdefault(part, {"sharded": 0, "replicated": 0, "unsharded_total": 0})
+        row[kind] += p.numel()
+        row["unsharded_total"] += full[name].numel()
+    return counts
+
+
+def _variant_kwargs(path: Path) -> dict[str, Any]:
+    config = granite_fms.fms_config_from_hf(AutoConfig.from_pretrained(path), path)
+    return {name: getattr(config, name) for name in config.__dataclass_fields__}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("checkpoints", nargs="+", help="NAME=DIR")
+    parser.add_argument("--bad", type=Path, help="a checkpoint whose heads do not divide")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    strategy, device = init_distributed("cpu")
+    rank = torch.distributed.get_rank()
+
+    results: dict[str, Any] = {"world_size": torch.distributed.get_world_size()}
+    for item in args.checkpoints:
+        name, path = item.split("=", 1)
+        model = SpeechPipeline.from_pretrained(path, distributed_strategy=strategy).model
+        res = run_checks(model, compile=True)
+        res["parameters"] = parameter_counts(model)
+        res["state"] = {k: v.clone() for k, v in model.state_dict().items()}
+        others = {
+            "get_model_hf_pretrained": get_model(
+                "hf_pretrained", model_path=path, distributed_strategy=strategy
+            ),
+            "get_model_variant": get_model(
+                "granite_speech",
+                "tiny",
+                model_path=path,
+                source="hf",
+                distributed_strategy=strategy,
+                **_variant_kwargs(Path(path)),
+            ),
+        }
+        for label, other in others.items():
+            theirs = other.state_dict()
+            res[f"{label}_differs"] = sorted(
+                k for k, v in res["state"].items() if not torch.equal(v, theirs[k])
+            )
+        results[name] = res
+
+    if args.bad is not None:
+        for label, load in {
+            "load_model": lambda: granite_fms.load_model(args.bad, distributed_strategy=strategy),
+            "get_model": lambda: get_model(
+                "hf_pretrained", model_path=str(args.bad), distributed_strategy=strategy
+            ),
+        }.items():
+            try:
+                load()
+                results[f"bad_heads_{label}"] = None
+            except ValueError as e:
+                results[f"bad_heads_{label}"] = str(e)
+
+    torch.save(results, args.out / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
