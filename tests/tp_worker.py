@@ -16,7 +16,7 @@ from fms.models import get_model
 from transformers import AutoConfig
 
 import granite_fms
-from granite_fms.distributed import init_distributed
+from granite_fms.distributed import init_distributed, parameter_counts
 from granite_fms.features import AudioFeatures
 from granite_fms.generation import Generator
 from granite_fms.granite_speech import GraniteSpeech
@@ -89,20 +89,6 @@ def run_checks(model: GraniteSpeech, compile: bool) -> dict[str, Any]:
     out["tokens_generator_text"] = tokens_of(gen.generate([text[0]], max_new_tokens=NEW_TOKENS))
     out["graph_all_reduces"] = all_reduces
     return out
-
-
-def parameter_counts(model: GraniteSpeech) -> dict[str, dict[str, int]]:
-    """Per top-level part, this rank's parameters in tensors that are sharded / replicated."""
-    with torch.device("meta"):
-        full = dict(GraniteSpeech(model.config).named_parameters())
-    counts: dict[str, dict[str, int]] = {}
-    for name, p in model.named_parameters():
-        part = "llm" if name.startswith("language_model") else name.split(".")[0]
-        kind = "sharded" if p.shape != full[name].shape else "replicated"
-        row = counts.setdefault(part, {"sharded": 0, "replicated": 0, "unsharded_total": 0})
-        row[kind] += p.numel()
-        row["unsharded_total"] += full[name].numel()
-    return counts
 
 
 def _variant_kwargs(path: Path) -> dict[str, Any]:

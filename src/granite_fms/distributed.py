@@ -116,4 +116,24 @@ def load_sharded(
     )
 
 
-__all__ = ["check_strategy", "init_distributed", "load_sharded", "strategy_from_name"]
+def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
+    """This rank's parameters per part ("encoder", "projector", "llm"): those in sharded
+    tensors, those in replicated ones, and the unsharded model's total."""
+    with torch.device("meta"):
+        full = dict(type(model)(model.config).named_parameters())
+    counts: dict[str, dict[str, int]] = {}
+    for name, p in model.named_parameters():
+        part = "llm" if name.startswith("language_model.") else name.split(".")[0]
+        row = counts.setdefault(part, {"sharded": 0, "replicated": 0, "unsharded_total": 0})
+        row["sharded" if p.shape != full[name].shape else "replicated"] += p.numel()
+        row["unsharded_total"] += full[name].numel()
+    return counts
+
+
+__all__ = [
+    "check_strategy",
+    "init_distributed",
+    "load_sharded",
+    "parameter_counts",
+    "strategy_from_name",
+]
