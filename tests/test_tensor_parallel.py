@@ -31,19 +31,26 @@ def checkpoints(ckpt_33, ckpt_4x) -> dict[str, Path]:
     return {"3.3": ckpt_33, "4.x": ckpt_4x}
 
 
-@pytest.fixture(scope="module")
-def bad_heads(tmp_path_factory) -> Path:
-    """3 query heads: not divisible by 2 ranks."""
-    path = tmp_path_factory.mktemp("bad_heads")
-    config = tiny_hf_config(
-        "4.x", text_config=dict(hidden_size=48, num_attention_heads=3, num_key_value_heads=1)
-    )
-    save_hf_checkpoint(path, config, lora_rank=None, seed=4)
-    return path
+# Tiny LLMs that 2 ranks do not divide, and the message each must give.
+INDIVISIBLE = {
+    "nheads": (dict(hidden_size=48, num_attention_heads=3, num_key_value_heads=1), "nheads=3 is"),
+    "kvheads": (dict(hidden_size=48, num_attention_heads=6, num_key_value_heads=3), "kvheads=3"),
+    "mlp": (dict(intermediate_size=95), "MLP hidden size 95"),
+}
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory, checkpoints, bad_heads) -> list[dict]:
+def indivisible(tmp_path_factory) -> dict[str, Path]:
+    paths = {}
+    for name, (text, _) in INDIVISIBLE.items():
+        paths[name] = tmp_path_factory.mktemp(f"indivisible_{name}")
+        config = tiny_hf_config("4.x", text_config=text)
+        save_hf_checkpoint(paths[name], config, lora_rank=None, seed=4)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory, checkpoints, indivisible) -> list[dict]:
     """Each rank's results from one torchrun job on WORLD CPU processes."""
     out = tmp_path_factory.mktemp("tp_out")
     tests = Path(__file__).parent
@@ -60,7 +67,7 @@ def ranks(tmp_path_factory, checkpoints, bad_heads) -> list[dict]:
         str(out),
         *(f"{name}={path}" for name, path in checkpoints.items()),
         "--bad",
-        str(bad_heads),
+        *(f"{name}={path}" for name, path in indivisible.items()),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -163,11 +170,12 @@ def test_get_model_loads_the_same_shards(ranks, style):
 
 
 @pytest.mark.parametrize("loader", ["load_model", "get_model"])
-def test_heads_that_do_not_divide_are_refused(ranks, loader):
+@pytest.mark.parametrize("case", INDIVISIBLE)
+def test_sizes_that_do_not_divide_are_refused(ranks, case, loader):
     for res in ranks:
-        message = res[f"bad_heads_{loader}"]
-        assert message is not None, f"{loader} loaded 3 heads over 2 ranks"
-        assert "nheads=3 is not divisible" in message and "2 ranks" in message
+        message = res[f"bad_{case}_{loader}"]
+        assert message is not None, f"{loader} loaded a {case} size that 2 ranks do not divide"
+        assert INDIVISIBLE[case][1] in message and "over 2 ranks" in message
 
 
 # ----- errors that need no process group ------------------------------------------------------

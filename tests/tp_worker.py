@@ -1,5 +1,5 @@
 """One rank of the tensor-parallel checks, started by test_tensor_parallel.py as
-`torchrun --standalone --nproc-per-node 2 tests/tp_worker.py OUT NAME=CKPT... --bad CKPT`.
+`torchrun --standalone --nproc-per-node 2 tests/tp_worker.py OUT NAME=CKPT... --bad NAME=CKPT...`.
 
 For each checkpoint the rank loads it sharded three ways (load_model through
 SpeechPipeline.from_pretrained, get_model hf_pretrained, get_model with a variant), runs
@@ -96,11 +96,25 @@ def _variant_kwargs(path: Path) -> dict[str, Any]:
     return {name: getattr(config, name) for name in config.__dataclass_fields__}
 
 
+def _load_error(loader: str, path: str, strategy: str | None) -> str | None:
+    """The ValueError message that loading `path` sharded gives, None if it loads."""
+    try:
+        if loader == "load_model":
+            granite_fms.load_model(path, distributed_strategy=strategy)
+        else:
+            get_model("hf_pretrained", model_path=path, distributed_strategy=strategy)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("checkpoints", nargs="+", help="NAME=DIR")
-    parser.add_argument("--bad", type=Path, help="a checkpoint whose heads do not divide")
+    parser.add_argument(
+        "--bad", nargs="*", default=[], help="NAME=DIR: checkpoints the ranks do not divide"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     strategy, device = init_distributed("cpu")
@@ -133,18 +147,10 @@ def main() -> None:
             )
         results[name] = res
 
-    if args.bad is not None:
-        for label, load in {
-            "load_model": lambda: granite_fms.load_model(args.bad, distributed_strategy=strategy),
-            "get_model": lambda: get_model(
-                "hf_pretrained", model_path=str(args.bad), distributed_strategy=strategy
-            ),
-        }.items():
-            try:
-                load()
-                results[f"bad_heads_{label}"] = None
-            except ValueError as e:
-                results[f"bad_heads_{label}"] = str(e)
+    for item in args.bad:
+        name, path = item.split("=", 1)
+        for loader in ("load_model", "get_model"):
+            results[f"bad_{name}_{loader}"] = _load_error(loader, path, strategy)
 
     torch.save(results, args.out / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
