@@ -117,7 +117,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    strategy, device = init_distributed("cpu")
+    strategy, _ = init_distributed("cpu")
     rank = torch.distributed.get_rank()
 
     results: dict[str, Any] = {"world_size": torch.distributed.get_world_size()}

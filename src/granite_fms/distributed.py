@@ -15,7 +15,6 @@ from collections.abc import MutableMapping
 
 import torch
 import torch.distributed as dist
-from fms import distributed as fms_distributed
 from fms.distributed.strategy import (
     DistributedStrategy,
     NoOpStrategy,
@@ -69,7 +68,8 @@ def strategy_from_name(name: str | None) -> DistributedStrategy:
 
 
 def check_strategy(strategy: DistributedStrategy, text: GraniteConfig) -> None:
-    """Refuse strategies the model cannot run correctly, and TP sizes its heads do not divide.
+    """Refuse strategies other than none and tensor parallel, and a number of TP ranks that
+    the LLM's heads or MLP width do not divide.
 
     Checked here so the error names the configuration field before FMS's TP modules assert.
     """
@@ -112,7 +112,7 @@ def load_sharded(
         source="fms",  # already adapted: no adapter step runs again
         distributed_strategy="tp",
         initial_device=device,
-        rank=fms_distributed.rank_and_world()[0],
+        rank=dist.get_rank(),
     )
 
 
