@@ -105,14 +105,17 @@ def test_logits_equal_one_process(ranks, single, style):
 
 
 @pytest.mark.parametrize("style", STYLES)
-def test_greedy_tokens_identical(ranks, single, style):
-    """FMS's generate, the eager pipeline and the aot_eager-compiled Generator, on every rank."""
+def test_generated_tokens_identical(ranks, single, style):
+    """Greedy: FMS's generate, the eager pipeline and the aot_eager-compiled Generator; and the
+    compiled Generator's beam search, on every rank."""
     _, ref = single[style]
     keys = [k for k in ref if k.startswith("tokens")]
-    assert len(keys) == 5
+    assert len(keys) == 6
     for rank, res in enumerate(ranks):
         for key in keys:
             assert res[style][key] == ref[key], f"rank {rank} {key}"
+        err = rel_err(ref["beam_scores"], res[style]["beam_scores"])
+        assert err < TOL, f"rank {rank} beam scores: relative error {err:.2e}"
 
 
 @pytest.mark.parametrize("style", STYLES)

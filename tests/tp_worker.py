@@ -27,12 +27,6 @@ FRAMES = (45, 28)  # two clips of different lengths: padded frames and prompts i
 NEW_TOKENS = 6
 
 
-def tokens_of(out) -> list[list[int]]:
-    """Generator output as token lists, whether rows are lists or objects with `.tokens`."""
-    out = getattr(out, "tokens", out)
-    return [list(getattr(row, "tokens", row)) for row in out]
-
-
 def requests(model: GraniteSpeech) -> tuple[list[torch.Tensor], AudioFeatures]:
     """Deterministic prompts (placeholders expanded) and padded features for FRAMES."""
     gen = torch.Generator().manual_seed(7)
@@ -62,8 +56,9 @@ def counting_backend(all_reduces: list[int]):
 
 @torch.no_grad()
 def run_checks(model: GraniteSpeech, compile: bool) -> dict[str, Any]:
-    """Logits (adapter on, off, text only), greedy tokens of FMS's `generate`, of the
-    pipeline (eager, from a waveform) and of the Generator (compiled with aot_eager)."""
+    """Logits (adapter on, off, text only); greedy tokens of FMS's `generate`, of the pipeline
+    (eager, from a waveform) and of the Generator (compiled with aot_eager if `compile`), and
+    the Generator's beam search (tokens and scores)."""
     ids, feats = requests(model)
     one = ids[0][None]
     clip = feats.input_features[:1, : FRAMES[0]]
@@ -85,8 +80,14 @@ def run_checks(model: GraniteSpeech, compile: bool) -> dict[str, Any]:
     all_reduces: list[int] = []
     backend = counting_backend(all_reduces) if compile else "eager"
     gen = Generator(model, compile=compile, backend=backend)
-    out["tokens_generator_audio"] = tokens_of(gen.generate(ids, feats, max_new_tokens=NEW_TOKENS))
-    out["tokens_generator_text"] = tokens_of(gen.generate([text[0]], max_new_tokens=NEW_TOKENS))
+    for key, request in {
+        "audio": dict(input_ids=ids, features=feats),
+        "text": dict(input_ids=[text[0]]),
+        "beams": dict(input_ids=ids, features=feats, num_beams=2),
+    }.items():
+        results = gen.generate(**request, max_new_tokens=NEW_TOKENS)
+        out[f"tokens_generator_{key}"] = [r.tokens for r in results]
+    out["beam_scores"] = torch.tensor([r.score for r in results])
     out["graph_all_reduces"] = all_reduces
     return out
 
