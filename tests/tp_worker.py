@@ -18,13 +18,15 @@ from transformers import AutoConfig
 import granite_fms
 from granite_fms.distributed import init_distributed, parameter_counts
 from granite_fms.features import AudioFeatures
-from granite_fms.generation import Generator
+from granite_fms.generation import BucketPolicy, Generator
 from granite_fms.granite_speech import GraniteSpeech
 from granite_fms.pipeline import SpeechPipeline
 from helpers import fms_generate
 
 FRAMES = (45, 28)  # two clips of different lengths: padded frames and prompts in one batch
 NEW_TOKENS = 6
+# One bucket just above these requests: fewer graphs and less padding than the defaults.
+POLICY = BucketPolicy(audio_frames=(48,), prompt_tokens=(32,), batch=(4,), cache_tokens=16)
 
 
 def requests(model: GraniteSpeech) -> tuple[list[torch.Tensor], AudioFeatures]:
@@ -73,13 +75,14 @@ def run_checks(model: GraniteSpeech, compile: bool) -> dict[str, Any]:
     out["tokens_fms_audio"] = fms_generate(model, one, clip, None, new=NEW_TOKENS).tolist()
     out["tokens_fms_text"] = fms_generate(model, text, new=NEW_TOKENS).tolist()
     wave = 0.1 * torch.randn(8000, generator=torch.Generator().manual_seed(8))
-    out["tokens_pipeline"] = SpeechPipeline(model).generate_ids(
+    pipe = SpeechPipeline(model, generator=Generator(model, POLICY, compile=False))
+    out["tokens_pipeline"] = pipe.generate_ids(
         wave, prompt_ids=[1, 5, model.config.audio_token_index, 7], max_new_tokens=NEW_TOKENS
     )
 
     all_reduces: list[int] = []
     backend = counting_backend(all_reduces) if compile else "eager"
-    gen = Generator(model, compile=compile, backend=backend)
+    gen = Generator(model, POLICY, compile=compile, backend=backend)
     for key, request in {
         "audio": dict(input_ids=ids, features=feats),
         "text": dict(input_ids=[text[0]]),
