@@ -1,16 +1,21 @@
 """Granite Speech in IBM's Foundation Model Stack.
 
-Importing this package registers the `granite_speech` architecture (variants `3.3-2b`, `3.3-8b`,
-`tiny`), its Hugging Face checkpoint adapter and the `hf_pretrained` config mapping with FMS.
+Importing this package registers the Granite Speech architecture (variants `3.3-2b`, `3.3-8b`,
+`tiny`), its Hugging Face checkpoint adapter and the `hf_pretrained` config mapping of Granite
+Speech and Granite Speech Plus checkpoints with FMS. `ARCHITECTURE` is the FMS architecture name
+it registers: "granite_speech", or "granite_speech_fms" where the installed FMS ships its own
+"granite_speech" (then `get_model("granite_speech", ...)` builds FMS's model, while
+`get_model(ARCHITECTURE, ...)` and `get_model("hf_pretrained", ...)` build this package's).
 """
 
 from granite_fms.checkpoint import fms_config_from_hf, load_model
 from granite_fms.conformer import ConformerConfig, ConformerEncoder
-from granite_fms.granite_speech import GraniteSpeech, GraniteSpeechConfig
+from granite_fms.granite_speech import ARCHITECTURE, GraniteSpeech, GraniteSpeechConfig
 from granite_fms.pipeline import SpeechPipeline
 from granite_fms.qformer import QFormerConfig, QFormerProjector
 
 __all__ = [
+    "ARCHITECTURE",
     "ConformerConfig",
     "ConformerEncoder",
     "GraniteSpeech",

@@ -1,28 +1,38 @@
 """Hugging Face Granite Speech checkpoints -> FMS: config mapping and an index-following loader.
 
-`fms.models.get_model("hf_pretrained", model_path=DIR)` works through the registry entry made
-here. FMS's loader globs every `*.safetensors` in DIR; `load_model` instead follows
-`model.safetensors.index.json`, which matters for repositories that keep orphaned old shards
-(the public granite-speech-3.3-2b does), and reports missing, extra or misshapen tensors with
-the file they came from.
+`fms.models.get_model("hf_pretrained", model_path=DIR)` works through the registry entries made
+here (Granite Speech and Granite Speech Plus). FMS's loader globs every `*.safetensors` in DIR;
+`load_model` instead follows `model.safetensors.index.json`, which matters for repositories that
+keep orphaned old shards (the public granite-speech-3.3-2b does), and reports missing, extra or
+misshapen tensors with the file they came from.
+
+The head is tied to the embeddings by the top-level `tie_word_embeddings` of the checkpoint's
+config, as in transformers (`text_config.tie_word_embeddings` is not read); a checkpoint whose
+tensors contradict that setting is refused.
 """
 
 import json
 import logging
-import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from fms.models.granite import GraniteConfig
 from fms.models.hf.config_utils import _FMS_MODEL_CONFIG_REGISTRY
 from fms.models.hf.config_utils import param_builders as pb
 from fms.utils import serialization
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, PretrainedConfig
 
 from granite_fms.conformer import ConformerConfig
 from granite_fms.distributed import check_strategy, load_sharded, strategy_from_name
-from granite_fms.granite_speech import GraniteSpeech, GraniteSpeechConfig, hf_to_fms_name
+from granite_fms.granite_speech import (
+    ARCHITECTURE,
+    GraniteSpeech,
+    GraniteSpeechConfig,
+    hf_to_fms_name,
+    missing_hint,
+)
 from granite_fms.qformer import QFormerConfig
 
 logger = logging.getLogger(__name__)
@@ -32,6 +42,38 @@ SINGLE_FILE = "model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _LORA_TARGETS = {"q_proj", "v_proj"}
+# transformers model_type -> architecture name, for both families this package loads.
+HF_ARCHITECTURES = {
+    "granite_speech": "GraniteSpeechForConditionalGeneration",
+    "granite_speech_plus": "GraniteSpeechPlusForConditionalGeneration",
+}
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """A JSON object from a checkpoint file; a ValueError naming the file if it is not one."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_hf_config(model_dir: str | Path) -> PretrainedConfig:
+    """The transformers config of a Granite Speech (or Plus) checkpoint directory."""
+    model_dir = Path(model_dir)
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{model_dir} has no config.json: not a Hugging Face checkpoint directory")
+    model_type = read_json(path).get("model_type")
+    if model_type not in HF_ARCHITECTURES:
+        raise ValueError(
+            f"{path} is for model_type {model_type!r}, not Granite Speech "
+            f"({' or '.join(map(repr, HF_ARCHITECTURES))})"
+        )
+    return AutoConfig.from_pretrained(model_dir, local_files_only=True)
 
 
 def read_lora_config(model_dir: str | Path) -> dict | None:
@@ -44,8 +86,11 @@ def read_lora_config(model_dir: str | Path) -> dict | None:
         return None
     if not weights.exists():
         raise ValueError(f"{cfg_path} exists but the adapter weights {weights} are missing")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = read_json(cfg_path)
     problems = []
+    for key, kind in (("r", int), ("lora_alpha", int | float)):
+        if not isinstance(cfg.get(key), kind) or isinstance(cfg.get(key), bool):
+            problems.append(f"{key} {cfg.get(key)!r} (a number is needed)")
     if cfg.get("peft_type", "LORA") != "LORA":
         problems.append(f"peft_type {cfg.get('peft_type')!r} (only LORA)")
     targets = cfg.get("target_modules") or []
@@ -70,10 +115,7 @@ def weight_files(model_dir: str | Path) -> list[Path]:
     model_dir = Path(model_dir)
     index = model_dir / INDEX_FILE
     if index.exists():
-        weight_map = json.loads(index.read_text()).get("weight_map")
-        if not weight_map:
-            raise ValueError(f"{index} has no weight_map")
-        files = sorted({model_dir / name for name in weight_map.values()})
+        files = sorted({model_dir / name for name in _weight_map(index).values()})
         missing = [str(f) for f in files if not f.exists()]
         if missing:
             raise ValueError(f"{index} names shards that do not exist: {missing}")
@@ -87,22 +129,53 @@ def weight_files(model_dir: str | Path) -> list[Path]:
     )
 
 
-def _unindexed_shards(model_dir: Path) -> list[str]:
+def _weight_map(index: Path) -> dict[str, str]:
+    weight_map = read_json(index).get("weight_map")
+    if not weight_map or not isinstance(weight_map, dict):
+        raise ValueError(f"{index} has no weight_map (tensor name -> shard file)")
+    if not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{index}: weight_map values must be shard file names")
+    return weight_map
+
+
+def check_fms_directory(model_dir: str | Path) -> None:
+    """Refuse a directory that `fms.models.get_model(..., source="hf")` would load wrongly.
+
+    FMS reads every `*.safetensors` in it: shards its index does not list would be mixed in,
+    and a truncated file fails deep inside safetensors.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return
     index = model_dir / INDEX_FILE
-    if not index.exists():
-        return []
-    listed = set(json.loads(index.read_text()).get("weight_map", {}).values())
-    return sorted(
-        p.name
-        for p in model_dir.glob("*.safetensors")
-        if p.name not in listed and p.name != ADAPTER_WEIGHTS
-    )
+    if index.exists():
+        listed = set(_weight_map(index).values()) | {ADAPTER_WEIGHTS}
+        orphans = sorted(p.name for p in model_dir.glob("*.safetensors") if p.name not in listed)
+        if orphans:
+            raise ValueError(
+                f"{model_dir} holds safetensors files that {INDEX_FILE} does not list: {orphans}. "
+                "fms.models.get_model loads every *.safetensors file; use "
+                "granite_fms.load_model(path), which follows the index."
+            )
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with _open_safetensors(path):  # reads the header only
+            pass
+
+
+def _open_safetensors(path: Path, device: str = "cpu"):
+    try:
+        return safe_open(str(path), framework="pt", device=device)
+    except SafetensorError as e:
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({e}); is it truncated or incomplete?"
+        ) from e
 
 
 def fms_config_from_hf(
     hf_config: PretrainedConfig, model_dir: str | Path | None = None
 ) -> GraniteSpeechConfig:
-    """Map a transformers `GraniteSpeechConfig` (+ the adapter config in model_dir) to FMS."""
+    """Map a transformers `GraniteSpeechConfig` or `GraniteSpeechPlusConfig` (+ the adapter
+    config in model_dir) to FMS."""
     text = hf_config.text_config
     if text.model_type != "granite":
         raise ValueError(
@@ -112,7 +185,18 @@ def fms_config_from_hf(
     if getattr(proj, "use_qformer_text_input", False):
         raise ValueError("projector_config.use_qformer_text_input=True is not supported")
     text_params = pb.build_granite_params(text)
-    text_params.update(pad_id=text.pad_token_id if text.pad_token_id is not None else -1)
+    # transformers ties lm_head by the top-level flag; the text config's own is not read.
+    tie = bool(hf_config.tie_word_embeddings)
+    if text_params["tie_heads"] != tie:
+        logger.info(
+            "tie_word_embeddings is %s at the top level and %s in text_config; transformers "
+            "follows the top level, and so does this loader",
+            tie,
+            text_params["tie_heads"],
+        )
+    text_params.update(
+        pad_id=text.pad_token_id if text.pad_token_id is not None else -1, tie_heads=tie
+    )
     lora = read_lora_config(model_dir) if model_dir is not None else None
     if lora is None and getattr(hf_config, "has_lora_adapter", False):
         logger.warning(
@@ -134,6 +218,7 @@ def fms_config_from_hf(
             conv_kernel_size=enc.conv_kernel_size,
             conv_expansion_factor=enc.conv_expansion_factor,
             hidden_grow_factor=float(enc.feedforward_mult),
+            cat_hidden_layers=tuple(getattr(enc, "cat_hidden_layers", None) or ()),
         ),
         projector_config=QFormerConfig(
             emb_dim=proj.hidden_size,
@@ -155,41 +240,43 @@ def fms_config_from_hf(
 
 
 def _build_params_for_get_model(hf_config: PretrainedConfig) -> dict:
-    """Param builder for FMS's `hf_pretrained` registry (FMS globs every *.safetensors)."""
+    """Param builder for FMS's `hf_pretrained` registry.
+
+    It runs before FMS opens the weight files, so the directory is checked here first.
+    """
     model_dir = Path(hf_config._name_or_path) if hf_config._name_or_path else None
     if model_dir is not None and not model_dir.is_dir():
         model_dir = None
     if model_dir is not None:
-        orphans = _unindexed_shards(model_dir)
-        if orphans:
-            raise ValueError(
-                f"{model_dir} holds safetensors files that {INDEX_FILE} does not list: {orphans}. "
-                "fms.models.get_model('hf_pretrained') loads every *.safetensors file; use "
-                "granite_fms.load_model(path), which follows the index."
-            )
+        check_fms_directory(model_dir)
     config = fms_config_from_hf(hf_config, model_dir)
     return {k: getattr(config, k) for k in config.__dataclass_fields__}
 
 
-_FMS_MODEL_CONFIG_REGISTRY.register_model_arch_info(
-    "GraniteSpeechForConditionalGeneration", "granite_speech", _build_params_for_get_model
-)
-
-
-def _fused_name(fms_name: str) -> str:
-    name = re.sub(r"attn\.in_proj\.(query|key|value)\.", "attn.in_proj.qkv_fused.", fms_name)
-    name = re.sub(r"ff_sub_layer\.(wg|w1)\.", "ff_sub_layer.wg1_fused.", name)
-    return re.sub(r"in_proj\.lora_a_[qv]$", "in_proj.lora_a.weight", name)
+for _hf_arch in HF_ARCHITECTURES.values():
+    _previous = _FMS_MODEL_CONFIG_REGISTRY.model_arch_mappings.get(_hf_arch)
+    if _previous not in (None, ARCHITECTURE):
+        logger.warning(
+            "get_model('hf_pretrained') maps %s to FMS architecture %r; granite_fms replaces "
+            "that with its own %r",
+            _hf_arch,
+            _previous,
+            ARCHITECTURE,
+        )
+    _FMS_MODEL_CONFIG_REGISTRY.register_model_arch_info(
+        _hf_arch, ARCHITECTURE, _build_params_for_get_model
+    )
 
 
 def _read_tensors(
     files: list[Path], device: torch.device, dtype: torch.dtype | None
 ) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """Raw tensors by checkpoint name, and the "file:key" of each by FMS name (before fusion)."""
     tensors: dict[str, torch.Tensor] = {}
     source: dict[str, str] = {}
     origin: dict[str, list[str]] = {}
     for path in files:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
+        with _open_safetensors(path, str(device)) as f:
             for key in f.keys():
                 if key in source:
                     raise ValueError(f"tensor {key!r} is in both {source[key]} and {path.name}")
@@ -197,7 +284,7 @@ def _read_tensors(
                 if dtype is not None and t.is_floating_point():
                     t = t.to(dtype)
                 tensors[key], source[key] = t, path.name
-                origin.setdefault(_fused_name(hf_to_fms_name(key)), []).append(f"{path.name}:{key}")
+                origin.setdefault(hf_to_fms_name(key), []).append(f"{path.name}:{key}")
     return tensors, origin
 
 
@@ -209,7 +296,7 @@ def load_model(
     with_adapter: bool = True,
     distributed_strategy: str | None = None,
 ) -> GraniteSpeech:
-    """Load a Hugging Face Granite Speech checkpoint directory into an FMS `GraniteSpeech`.
+    """Load a Hugging Face Granite Speech (or Plus) checkpoint directory into `GraniteSpeech`.
 
     Reads `config.json`, the base weights named by the safetensors index (or
     `model.safetensors`), and the peft LoRA adapter if present (`with_adapter=False` skips
@@ -219,16 +306,9 @@ def load_model(
     mode.
     """
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").exists():
-        raise ValueError(f"{model_dir} has no config.json: not a Hugging Face checkpoint directory")
     device = torch.device(device)
     strategy = strategy_from_name(distributed_strategy)
-    hf_config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
-    if hf_config.model_type != "granite_speech":
-        raise ValueError(
-            f"{model_dir}/config.json is for model_type {hf_config.model_type!r}, "
-            "not Granite Speech ('granite_speech')"
-        )
+    hf_config = read_hf_config(model_dir)
     config = fms_config_from_hf(hf_config, model_dir if with_adapter else None)
     check_strategy(strategy, config.text_config)  # before reading any weights
     files = weight_files(model_dir)
@@ -236,7 +316,9 @@ def load_model(
         files.append(model_dir / ADAPTER_WEIGHTS)
     read_device = device if distributed_strategy is None else torch.device("cpu")
     raw, origin = _read_tensors(files, read_device, dtype)
-    state = serialization.get_adapted("granite_speech", "hf", raw, {"model_config": config})
+    state = serialization.get_adapted(
+        ARCHITECTURE, "hf", raw, {"model_config": config, "origin": origin}
+    )
 
     with torch.device("meta"):
         model = GraniteSpeech(config)
@@ -247,17 +329,11 @@ def load_model(
     if missing:
         raise ValueError(
             f"checkpoint in {model_dir} lacks tensors for {missing} "
-            f"(read {[f.name for f in files]})"
+            f"(read {[f.name for f in files]}){missing_hint(missing)}"
         )
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise ValueError(
-                f"shape mismatch for {name}: the model expects {tuple(expected[name].shape)}, "
-                f"the checkpoint has {tuple(tensor.shape)} (from {origin.get(name, ['?'])})"
-            )
     if distributed_strategy is None:
         model.load_state_dict(state, strict=False, assign=True)
-    else:  # checked above against the full shapes; now each rank takes its shards
+    else:  # shapes were checked against the full model; now each rank takes its shards
         with torch.device("meta"):
             model = GraniteSpeech(config, distributed_strategy=strategy)
         load_sharded(model, dict(state), device)
@@ -265,4 +341,13 @@ def load_model(
     return model.eval()
 
 
-__all__ = ["fms_config_from_hf", "load_model", "read_lora_config", "weight_files"]
+__all__ = [
+    "HF_ARCHITECTURES",
+    "check_fms_directory",
+    "fms_config_from_hf",
+    "load_model",
+    "read_hf_config",
+    "read_json",
+    "read_lora_config",
+    "weight_files",
+]

@@ -23,6 +23,9 @@ class ConformerConfig(ModelConfig):
     attn_backend: "math" forces the MATH SDPA backend, as the reference does (bf16 is upcast
     inside it); "auto" lets PyTorch pick a fused kernel (same result in fp32 up to rounding,
     about 1e-2 relative in bf16; see the latency benchmark's ablation).
+    cat_hidden_layers: Granite Speech Plus: hidden states concatenated before the final output
+        along the features (0 is the `input_linear` output, i the output of block i); empty
+        for Granite Speech.
     """
 
     input_dim: int = 160
@@ -38,6 +41,16 @@ class ConformerConfig(ModelConfig):
     hidden_grow_factor: float = 4.0
     norm_eps: float = 1e-5
     attn_backend: str = "math"
+    cat_hidden_layers: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        # JSON round trips (and HF configs) give lists.
+        self.cat_hidden_layers = tuple(self.cat_hidden_layers)
+
+    @property
+    def out_emb_dim(self) -> int:
+        """Width of the encoder output: emb_dim per concatenated hidden state."""
+        return self.emb_dim * (len(self.cat_hidden_layers) + 1)
 
 
 class ConformerFeedForward(nn.Module):
@@ -164,10 +177,17 @@ class ConformerBlock(nn.Module):
 
 
 class ConformerEncoder(nn.Module):
-    """(B, T, input_dim) features + (B, T) frame mask -> (B, T, emb_dim); padded rows are zero."""
+    """(B, T, input_dim) features + (B, T) frame mask -> (B, T, out_emb_dim); padded rows are
+    zero."""
 
     def __init__(self, config: ConformerConfig):
         super().__init__()
+        cat = config.cat_hidden_layers
+        if len(set(cat)) != len(cat) or not all(0 <= i < config.nlayers for i in cat):
+            raise ValueError(
+                f"cat_hidden_layers {list(cat)} must be distinct layer indices in "
+                f"[0, nlayers = {config.nlayers})"
+            )
         self.config = config
         self.input_linear = nn.Linear(config.input_dim, config.emb_dim)
         self.layers = nn.ModuleList([ConformerBlock(config) for _ in range(config.nlayers)])
@@ -197,10 +217,18 @@ class ConformerEncoder(nn.Module):
 
     def forward(self, features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         x = self.input_linear(features)
+        cat = self.config.cat_hidden_layers
+        kept = [x] if 0 in cat else []
         mid = len(self.layers) // 2
         for i, layer in enumerate(self.layers, start=1):
             x = layer(x, frame_mask, self.attention_dists)
             if i == mid:
                 x = x + self.out_mid(torch.softmax(self.out(x), dim=-1))
+            # After the CTC feedback: the reference keeps the middle block's tensor and then
+            # adds the feedback to it in place, so what it concatenates includes it.
+            if i in cat:
+                kept.append(x)
+        if kept:
+            x = torch.cat([*kept, x], dim=-1)
         # Zeroed so the projector's windows see zero padding, as for a lone clip.
         return x * frame_mask.unsqueeze(-1).to(x.dtype)

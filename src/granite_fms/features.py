@@ -4,6 +4,7 @@ Matches `transformers.GraniteSpeechFeatureExtractor` run on one clip at a time; 
 `GraniteSpeechFeatureExtractor` for why batches are computed clip by clip.
 """
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -15,7 +16,21 @@ import torch
 import torchaudio
 from torch import Tensor
 
+logger = logging.getLogger(__name__)
+
 SAMPLE_RATE = 16000
+# Float audio is expected in [-1, 1]; resampling clipped audio overshoots that a little, while
+# int16 samples passed as floats peak in the thousands.
+_LOUD_PEAK = 2.0
+_SETTINGS = (
+    "sample_rate",
+    "n_fft",
+    "win_length",
+    "hop_length",
+    "n_mels",
+    "window_size",
+    "downsample_rate",
+)
 
 AudioClip = str | os.PathLike | np.ndarray | Tensor
 
@@ -32,6 +47,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> Tenso
         data, file_rate = sf.read(path, dtype="float32", always_2d=True)
     except sf.LibsndfileError as e:
         raise ValueError(f"could not read audio file {path}: {e}") from e
+    if data.shape[0] == 0:
+        # Checked before resampling, which fails on an empty signal.
+        raise ValueError(f"empty audio (0 samples) in {path}")
     wave = torch.from_numpy(data).mean(dim=1)
     if file_rate != sample_rate:
         wave = torchaudio.functional.resample(wave, file_rate, sample_rate)
@@ -98,10 +116,18 @@ class GraniteSpeechFeatureExtractor:
         downsample_rate: int = 5,
     ):
         self.sample_rate = sample_rate
+        self.n_fft = n_fft
+        self.win_length = win_length
         self.hop_length = hop_length
         self.n_mels = n_mels
         self.window_size = window_size
         self.downsample_rate = downsample_rate
+        for name in _SETTINGS:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"feature extractor {name} must be a positive int, got {value!r}")
+        if win_length > n_fft:
+            raise ValueError(f"win_length ({win_length}) must not exceed n_fft ({n_fft})")
         # The centered STFT reflect-pads n_fft // 2 samples, which needs a longer input; and one
         # encoder frame needs two mel frames.
         self.min_samples = max(hop_length, n_fft // 2 + 1)
@@ -130,10 +156,14 @@ class GraniteSpeechFeatureExtractor:
         clips = list(audio) if isinstance(audio, list | tuple) else [audio]
         if not clips:
             raise ValueError("empty list of audio clips")
-        waves = [self._waveform(clip, sampling_rate, i) for i, clip in enumerate(clips)]
+        names = [
+            f"audio[{i}] ({clip})" if isinstance(clip, str | os.PathLike) else f"audio[{i}]"
+            for i, clip in enumerate(clips)
+        ]
+        waves = [self._waveform(c, sampling_rate, n) for c, n in zip(clips, names, strict=True)]
         # One clip at a time: HF runs the STFT on the zero-padded batch, so a clip's last frame
         # (zeros, not reflect padding, past its end) depends on its batchmates; ours does not.
-        feats = [self._log_mel(w) for w in waves]
+        feats = [self._log_mel(w, n) for w, n in zip(waves, names, strict=True)]
         lengths = torch.tensor([f.shape[0] for f in feats])
         return AudioFeatures(
             input_features=torch.nn.utils.rnn.pad_sequence(feats, batch_first=True),
@@ -143,12 +173,10 @@ class GraniteSpeechFeatureExtractor:
             ),
         )
 
-    def _waveform(self, clip: AudioClip, sampling_rate: int | None, index: int) -> Tensor:
+    def _waveform(self, clip: AudioClip, sampling_rate: int | None, where: str) -> Tensor:
         """Load or check one clip; returns a float32 1-D CPU tensor."""
-        where = f"audio[{index}]"
         if isinstance(clip, str | os.PathLike):
             wave = load_audio(clip, self.sample_rate)
-            where = f"{where} ({clip})"
         elif isinstance(clip, np.ndarray | Tensor):
             wave = self._check_array(clip, sampling_rate, where)
         else:
@@ -165,6 +193,14 @@ class GraniteSpeechFeatureExtractor:
             )
         if not torch.isfinite(wave).all():
             raise ValueError(f"{where}: audio contains NaN or inf values")
+        peak = float(wave.abs().max())
+        if peak > _LOUD_PEAK:
+            logger.warning(
+                "%s: peak sample %.3g is outside [-1, 1]; float audio is expected in [-1, 1] "
+                "(int16 samples / 32768)",
+                where,
+                peak,
+            )
         return wave
 
     def _check_array(
@@ -191,9 +227,15 @@ class GraniteSpeechFeatureExtractor:
         return clip.detach().to("cpu", torch.float32)
 
     @torch.no_grad()
-    def _log_mel(self, wave: Tensor) -> Tensor:
+    def _log_mel(self, wave: Tensor, where: str) -> Tensor:
         """(num_samples,) -> (encoder_frames, 2 * n_mels)."""
         logmel = self.mel(wave).T.clamp_min(1e-10).log10()
+        if not torch.isfinite(logmel).all():
+            # HF returns these inf/NaN features; a model fed them answers with nonsense.
+            raise ValueError(
+                f"{where}: the mel power overflows float32 (peak sample "
+                f"{float(wave.abs().max()):.3g}); audio must be float samples in [-1, 1]"
+            )
         logmel = torch.maximum(logmel, logmel.max() - 8.0) / 4 + 1
         frames = logmel.shape[0] // 2 * 2
         return logmel[:frames].reshape(-1, 2 * self.n_mels)

@@ -40,9 +40,14 @@ from tqdm.auto import tqdm
 
 from granite_fms.features import AudioFeatures
 from granite_fms.granite_speech import GraniteSpeech
+from granite_fms.processor import check_prompt_ids
 from granite_fms.quantize import quantize_llm
 
 STATIC_ATTENTION = "granite_fms_static"
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _round_up(n: int, buckets: Sequence[int]) -> int:
@@ -78,8 +83,13 @@ class BucketPolicy:
     def __post_init__(self):
         for name in ("audio_frames", "prompt_tokens", "batch"):
             buckets = getattr(self, name)
+            if not isinstance(buckets, tuple | list) or not all(map(_is_int, buckets)):
+                raise TypeError(f"{name} buckets must be a tuple of ints, got {buckets!r}")
             if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
                 raise ValueError(f"{name} buckets must be increasing positive ints, got {buckets}")
+            object.__setattr__(self, name, tuple(buckets))  # frozen, hashable
+        if not _is_int(self.cache_tokens):
+            raise TypeError(f"cache_tokens must be an int, got {self.cache_tokens!r}")
         if self.cache_tokens < 1:
             raise ValueError(f"cache_tokens must be positive, got {self.cache_tokens}")
 
@@ -348,6 +358,8 @@ class Generator:
         """
         if not input_ids:
             raise ValueError("no prompts")
+        cfg = self.model.config
+        check_prompt_ids(input_ids, cfg.text_config.src_vocab_size, cfg.audio_token_index)
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         if num_beams < 1:

@@ -10,6 +10,7 @@ exactly `logits_scaling` times ours; greedy tokens are the same, log-probs are n
 """
 
 import functools
+import inspect
 import json
 import logging
 import re
@@ -110,10 +111,12 @@ class GraniteSpeech(nn.Module):
                 f"projector_config.llm_dim ({cfg.projector_config.llm_dim}) must equal "
                 f"text_config.emb_dim ({cfg.text_config.emb_dim})"
             )
-        if cfg.projector_config.encoder_dim != cfg.encoder_config.emb_dim:
+        enc = cfg.encoder_config
+        if cfg.projector_config.encoder_dim != enc.out_emb_dim:
             raise ValueError(
                 f"projector_config.encoder_dim ({cfg.projector_config.encoder_dim}) must equal "
-                f"encoder_config.emb_dim ({cfg.encoder_config.emb_dim})"
+                f"the encoder's output width, encoder_config.emb_dim ({enc.emb_dim}) x "
+                f"(1 + {len(enc.cat_hidden_layers)} cat_hidden_layers) = {enc.out_emb_dim}"
             )
         check_strategy(distributed_strategy, cfg.text_config)
         # Only the LLM is sharded (FMS's Granite TP); the encoder and projector are replicated,
@@ -153,7 +156,9 @@ class GraniteSpeech(nn.Module):
         if device.type != "meta":
             missing = [name for name, p in self.named_parameters() if p.is_meta]
             if missing:
-                raise ValueError(f"checkpoint did not provide these tensors: {missing}")
+                raise ValueError(
+                    f"checkpoint did not provide these tensors: {missing}{missing_hint(missing)}"
+                )
         self._set_adapter_active(False)
 
     # ----- LoRA adapter: on for requests with audio, off for text-only ones ------------------
@@ -207,7 +212,7 @@ class GraniteSpeech(nn.Module):
         depend on the data and the graph needs no host sync.
         """
         is_audio = input_ids == self.config.audio_token_index
-        embeds = self.language_model.base_model.embedding(torch.where(is_audio, 0, input_ids))
+        embeds = self.embed_text(input_ids)
         nclips, per_clip, dim = audio_embeds.shape
         counts = self.audio_token_counts(frame_mask)
         ends = counts.cumsum(0)
@@ -219,6 +224,12 @@ class GraniteSpeech(nn.Module):
         audio = audio_embeds.reshape(-1, dim).to(embeds.dtype).index_select(0, index)
         merged = torch.where(flat_audio.unsqueeze(-1), audio, embeds.reshape(-1, dim))
         return merged.view_as(embeds)
+
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings; placeholder ids look up id 0, as in the reference (in the 4.x
+        family the audio id may lie past the end of the vocabulary)."""
+        is_audio = input_ids == self.config.audio_token_index
+        return self.language_model.base_model.embedding(torch.where(is_audio, 0, input_ids))
 
     def embed_audio_and_text(
         self, input_ids: torch.Tensor, features: torch.Tensor, frame_mask: torch.Tensor
@@ -232,7 +243,9 @@ class GraniteSpeech(nn.Module):
         """Validate shapes and placeholder counts; return the frame mask (as bool).
 
         Eager, a count mismatch is a ValueError raised on the host; under torch.compile it is
-        an asynchronous device-side assert, so the whole forward stays one graph.
+        an asynchronous device-side assert, so the whole forward stays one graph. On CUDA that
+        assert ends the process's CUDA context: callers that compile (`Generator`) run this
+        check eagerly on the host first, so the in-graph one never fires for them.
         """
         enc = self.config.encoder_config
         if features.dim() != 3 or features.shape[-1] != enc.input_dim:
@@ -269,7 +282,7 @@ class GraniteSpeech(nn.Module):
     ) -> torch.Tensor:
         """LLM input embeddings (before `embedding_multiplier`) for token ids and optional audio."""
         if input_features is None:
-            return self.language_model.base_model.embedding(input_ids)
+            return self.embed_text(input_ids)
         frame_mask = self.check_audio_inputs(input_ids, input_features, input_features_mask)
         return self.embed_audio_and_text(input_ids, input_features, frame_mask)
 
@@ -358,20 +371,54 @@ _tiny_config = GraniteSpeechConfig(
     lora_alpha=8.0,
 )
 
-_architecture_name = "granite_speech"
+# FMS's open pull request #499 registers an implementation of its own as "granite_speech"
+# (variants 3.3-8b, 3.2-8b, 3.3-2b). Where an installed FMS already has that name this package
+# registers under ARCHITECTURE = "granite_speech_fms" instead, so both stay usable.
+_FMS_NAME = "granite_speech"
+ARCHITECTURE = _FMS_NAME if _FMS_NAME not in models.list_models() else f"{_FMS_NAME}_fms"
+if ARCHITECTURE != _FMS_NAME:
+    logger.warning(
+        "FMS already registers a %r architecture (its own implementation): granite_fms "
+        "registers its GraniteSpeech as %r. get_model(%r, ...) builds FMS's model; "
+        "get_model(%r, ...) and get_model('hf_pretrained', ...) build granite_fms's.",
+        _FMS_NAME,
+        ARCHITECTURE,
+        _FMS_NAME,
+        ARCHITECTURE,
+    )
 
 
 def _factory(config: GraniteSpeechConfig):
     def factory(**kwargs):
         kwargs.pop("vision_only", None)  # get_model passes it to every model
+        _check_get_model_directory()
         return GraniteSpeech(config, **kwargs)
 
     return factory
 
 
-models.register_model(_architecture_name, "3.3-2b", _factory(_3_3_2b_config))
-models.register_model(_architecture_name, "3.3-8b", _factory(_3_3_8b_config))
-models.register_model(_architecture_name, "tiny", _factory(_tiny_config))
+def _check_get_model_directory() -> None:
+    """Refuse, before any tensor is read, a directory FMS's `get_model` would load wrongly.
+
+    `get_model(..., model_path=DIR, source="hf")` loads every `*.safetensors` in DIR, index or
+    not, and passes the path to neither this factory nor the adapter: it is read from
+    get_model's own frame.
+    """
+    frame = inspect.currentframe()
+    while frame is not None and frame.f_code is not models.get_model.__code__:
+        frame = frame.f_back
+    if frame is None:
+        return
+    model_path, source = frame.f_locals.get("model_path"), frame.f_locals.get("source")
+    if model_path is not None and source == "hf":
+        from granite_fms.checkpoint import check_fms_directory  # it imports this module
+
+        check_fms_directory(model_path)
+
+
+models.register_model(ARCHITECTURE, "3.3-2b", _factory(_3_3_2b_config))
+models.register_model(ARCHITECTURE, "3.3-8b", _factory(_3_3_8b_config))
+models.register_model(ARCHITECTURE, "tiny", _factory(_tiny_config))
 
 
 # ----- serialization: Hugging Face checkpoint -> FMS names ---------------------------------------
@@ -446,11 +493,132 @@ def _hf_to_fms_names(input_sd: Mapping[str, Any], **kwargs) -> Mapping[str, Any]
     return {hf_to_fms_name(k): v for k, v in input_sd.items()}
 
 
+# Tensors FMS fuses (QKV, gate+up, LoRA A of q and v) must arrive together; named here as in
+# the checkpoint for the messages.
+_FUSED_GROUPS = (
+    [
+        {
+            f"attn.in_proj.query.{w}": f"self_attn.q_proj.{w}",
+            f"attn.in_proj.key.{w}": f"self_attn.k_proj.{w}",
+            f"attn.in_proj.value.{w}": f"self_attn.v_proj.{w}",
+        }
+        for w in ("weight", "bias")
+    ]
+    + [
+        {f"ff_sub_layer.wg.{w}": f"mlp.gate_proj.{w}", f"ff_sub_layer.w1.{w}": f"mlp.up_proj.{w}"}
+        for w in ("weight", "bias")
+    ]
+    + [
+        {
+            "attn.in_proj.lora_a_q": "self_attn.q_proj.lora_A",
+            "attn.in_proj.lora_a_v": "self_attn.v_proj.lora_A",
+        },
+        {
+            "attn.in_proj.lora_b_q": "self_attn.q_proj.lora_B",
+            "attn.in_proj.lora_b_v": "self_attn.v_proj.lora_B",
+        },
+    ]
+)
+_LLM_LAYER = re.compile(r"^language_model\.base_model\.layers\.(\d+)\.(.+)$")
+_HEAD = "language_model.head.weight"
+_EMBEDDING = "language_model.base_model.embedding.weight"
+
+
+@functools.lru_cache(maxsize=8)
+def _checkpoint_shapes(config_json: str) -> dict[str, tuple[int, ...]]:
+    """Shape of each tensor a checkpoint may hold, by its FMS name before fusion."""
+    config = GraniteSpeechConfig(**json.loads(config_json))
+    with torch.device("meta"):
+        model = GraniteSpeech(config)
+        text = Granite(config.text_config.updated(fused_weights=False))
+    shapes = {
+        name: tuple(t.shape)
+        for name, t in model.state_dict().items()
+        if not name.startswith("language_model.")
+    }
+    shapes.update({f"language_model.{n}": tuple(t.shape) for n, t in text.state_dict().items()})
+    for name, module in model.named_modules():
+        if isinstance(module, LoRAFusedQKV):
+            q_dim, _, v_dim = module.splits
+            for proj, dim in (("q", q_dim), ("v", v_dim)):
+                shapes[f"{name}.lora_a_{proj}"] = (module.lora_rank, module.emb_dim)
+                shapes[f"{name}.lora_b_{proj}"] = (dim, module.lora_rank)
+    return shapes
+
+
+def _check_tensors(
+    input_sd: Mapping[str, Any],
+    model_config: GraniteSpeechConfig | None = None,
+    origin: Mapping[str, list[str]] | None = None,
+    **kwargs,
+) -> Mapping[str, Any]:
+    """Names, shapes and fusion groups checked before any tensor is permuted or fused, and
+    the head of a tied checkpoint dropped (FMS would only warn, or fail inside a fusion).
+
+    origin: FMS name -> "file:key" of the tensors, for the messages (`load_model` has them).
+    """
+    if model_config is None:
+        raise ValueError("the granite_speech checkpoint adapter needs model_config")
+    shapes = _checkpoint_shapes(json.dumps(model_config.as_dict(), sort_keys=True))
+    unknown = sorted(k for k in input_sd if k not in shapes)
+    if unknown:
+        raise ValueError(
+            f"checkpoint tensors with no place in the model (FMS names): {unknown}; "
+            "is the checkpoint for another configuration, or is its LoRA adapter "
+            "targeting modules other than q_proj/v_proj?"
+        )
+    layers: dict[str, set[str]] = {}
+    for name in input_sd:
+        match = _LLM_LAYER.match(name)
+        if match:
+            layers.setdefault(match.group(1), set()).add(match.group(2))
+    for layer, parts in sorted(layers.items()):
+        for group in _FUSED_GROUPS:
+            present = [hf for fms, hf in group.items() if fms in parts]
+            if present and len(present) < len(group):
+                absent = [hf for fms, hf in group.items() if fms not in parts]
+                raise ValueError(
+                    f"LLM layer {layer} of the checkpoint has {present} but not {absent}; "
+                    "these tensors are fused and must all be there"
+                )
+    for name, tensor in input_sd.items():
+        if tuple(tensor.shape) != shapes[name]:
+            where = f" (from {origin[name]})" if origin and name in origin else ""
+            raise ValueError(
+                f"shape mismatch for {name}: the model expects {shapes[name]}, the checkpoint "
+                f"has {tuple(tensor.shape)}{where}"
+            )
+    if model_config.text_config.tie_heads and _HEAD in input_sd:
+        # transformers ties by the top-level tie_word_embeddings; a head that equals the
+        # embeddings (a checkpoint that stores both) is the tied one.
+        if _EMBEDDING not in input_sd or not torch.equal(input_sd[_HEAD], input_sd[_EMBEDDING]):
+            raise ValueError(
+                "config.json ties lm_head to the input embeddings (tie_word_embeddings=true) "
+                "but the checkpoint holds an lm_head.weight that differs from "
+                "embed_tokens.weight; set tie_word_embeddings to false if the head is its own"
+            )
+        input_sd = {k: v for k, v in input_sd.items() if k != _HEAD}
+    return input_sd
+
+
+def missing_hint(missing: list[str]) -> str:
+    """What a missing untied head means, for the messages about missing tensors."""
+    if _HEAD not in missing:
+        return ""
+    return (
+        "; config.json sets tie_word_embeddings=false (a separate lm_head) but the checkpoint "
+        "has no lm_head.weight: set it to true if the head is the input embeddings"
+    )
+
+
 def _hf_to_fms_rope(
     input_sd: Mapping[str, Any], model_config: GraniteSpeechConfig | None = None, **kwargs
 ) -> Mapping[str, Any]:
     """Undo HF's rotate-half RoPE layout on query/key rows (and on LoRA B for queries)."""
-    head_dim = (model_config or GraniteSpeechConfig()).text_config.head_dim
+    if model_config is None:
+        # The permutation depends on the head size, which differs between variants.
+        raise ValueError("hf_to_fms_rope needs model_config (the LLM head size)")
+    head_dim = model_config.text_config.head_dim
     pattern = re.compile(
         r"language_model\.base_model\.layers\.\d+\.attn\.in_proj\."
         r"(query\.weight|key\.weight|query\.bias|key\.bias|lora_b_q)$"
@@ -470,43 +638,18 @@ def _weight_fusion(input_sd: Mapping[str, Any], **kwargs) -> Mapping[str, Any]:
     sd = dict(serialization._mlp_glu_unfused_to_fused_adapter_step(sd))
     for name in [n for n in sd if n.endswith(".lora_a_q")]:
         prefix = name[: -len("lora_a_q")]
-        if prefix + "lora_a_v" not in sd:
-            raise ValueError(f"LoRA adapter has A for q_proj but not v_proj at {prefix}")
         sd[prefix + "lora_a.weight"] = torch.cat([sd.pop(name), sd.pop(prefix + "lora_a_v")])
     for name in [n for n in sd if re.search(r"\.lora_b_[qv]$", n)]:
         sd[name + ".weight"] = sd.pop(name)
     return sd
 
 
-@functools.lru_cache(maxsize=8)
-def _fms_keys(config_json: str) -> frozenset[str]:
-    with torch.device("meta"):
-        model = GraniteSpeech(GraniteSpeechConfig(**json.loads(config_json)))
-    return frozenset(model.state_dict().keys())
-
-
-def _check_known_names(
-    input_sd: Mapping[str, Any], model_config: GraniteSpeechConfig | None = None, **kwargs
-) -> Mapping[str, Any]:
-    """Refuse checkpoint tensors that have no place in the model (FMS would only warn)."""
-    if model_config is not None:
-        known = _fms_keys(json.dumps(model_config.as_dict(), sort_keys=True))
-        unknown = sorted(k for k in input_sd if k not in known)
-        if unknown:
-            raise ValueError(
-                f"checkpoint tensors with no place in the model (FMS names): {unknown}; "
-                "is the checkpoint for another configuration, or is its LoRA adapter "
-                "targeting modules other than q_proj/v_proj?"
-            )
-    return input_sd
-
-
-serialization.register_adapter_step(_architecture_name, "hf_to_fms_names", _hf_to_fms_names)
-serialization.register_adapter_step(_architecture_name, "hf_to_fms_rope", _hf_to_fms_rope)
-serialization.register_adapter_step(_architecture_name, "weight_fusion", _weight_fusion)
-serialization.register_adapter_step(_architecture_name, "check_names", _check_known_names)
+serialization.register_adapter_step(ARCHITECTURE, "hf_to_fms_names", _hf_to_fms_names)
+serialization.register_adapter_step(ARCHITECTURE, "check_tensors", _check_tensors)
+serialization.register_adapter_step(ARCHITECTURE, "hf_to_fms_rope", _hf_to_fms_rope)
+serialization.register_adapter_step(ARCHITECTURE, "weight_fusion", _weight_fusion)
 serialization.register_adapter(
-    _architecture_name,
+    ARCHITECTURE,
     "hf",
-    ["hf_to_fms_names", "hf_to_fms_rope", "weight_fusion", "check_names"],
+    ["hf_to_fms_names", "check_tensors", "hf_to_fms_rope", "weight_fusion"],
 )

@@ -30,7 +30,7 @@ from granite_fms.checkpoint import load_model
 from granite_fms.features import AudioClip, encoder_frame_count
 from granite_fms.generation import BucketPolicy, Generation, Generator
 from granite_fms.granite_speech import GraniteSpeech
-from granite_fms.processor import GraniteSpeechProcessor
+from granite_fms.processor import GraniteSpeechProcessor, check_prompt_ids
 from granite_fms.prompts import PromptPreset, preset_for
 
 logger = logging.getLogger(__name__)
@@ -324,8 +324,7 @@ class SpeechPipeline:
         if prompt is not None and prompt_ids is not None:
             raise ValueError("pass prompt or prompt_ids, not both")
         if prompt_ids is not None:
-            nested = [prompt_ids] if _is_flat(prompt_ids) else prompt_ids
-            rows = [[int(t) for t in row] for row in nested]
+            rows = prompt_ids
         else:
             if prompt is None:
                 if n_clips is None:
@@ -336,8 +335,9 @@ class SpeechPipeline:
                 self._tokenize(i, text, n_clips is not None, chat_template)
                 for i, text in enumerate(texts)
             ]
-        if not rows:
-            raise ValueError("empty list of prompts")
+        rows = check_prompt_ids(
+            rows, self.model.config.text_config.src_vocab_size, self.audio_token_id
+        )
         if n_clips is not None and len(rows) == 1:
             rows *= n_clips
         if n_clips is not None and len(rows) != n_clips:
@@ -377,11 +377,6 @@ class SpeechPipeline:
         if not has_audio and found:
             raise ValueError(f"prompt {i} has {token} but no audio was given")
         return list(self.tokenizer(self.prompt_text(text, chat_template))["input_ids"])
-
-
-def _is_flat(prompt_ids: PromptIds) -> bool:
-    """True for one id list, False for a list of them."""
-    return len(prompt_ids) > 0 and torch.as_tensor(prompt_ids[0]).ndim == 0
 
 
 __all__ = ["SpeechPipeline", "read_eos_token_ids"]

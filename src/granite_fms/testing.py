@@ -1,8 +1,10 @@
 """Tiny Granite Speech checkpoints written by Hugging Face's own classes, for parity checks.
 
 No weights can be downloaded: tests and experiments build random checkpoints with
-`transformers.GraniteSpeechForConditionalGeneration.save_pretrained` and a peft LoRA adapter,
-in the layouts of the real 3.3 (tied embeddings, LoRA) and 4.x (untied, no LoRA) releases.
+`transformers.GraniteSpeechForConditionalGeneration.save_pretrained` (or
+`GraniteSpeechPlusForConditionalGeneration`, given `cat_hidden_layers`) and a peft LoRA
+adapter, in the layouts of the real 3.3 (tied embeddings, LoRA) and 4.x (untied, no LoRA)
+releases.
 """
 
 import math
@@ -46,9 +48,15 @@ TINY_TEXT = dict(
 )
 
 
-def tiny_hf_config(style: str = "3.3", **overrides: Any):
-    """A small `transformers.GraniteSpeechConfig` in the style of the 3.3 or 4.x releases."""
-    from transformers import GraniteSpeechConfig
+def tiny_hf_config(
+    style: str = "3.3", cat_hidden_layers: list[int] | None = None, **overrides: Any
+):
+    """A small `transformers.GraniteSpeechConfig` in the style of the 3.3 or 4.x releases.
+
+    With `cat_hidden_layers`, a `GraniteSpeechPlusConfig` whose encoder concatenates those
+    hidden states (0: the input projection) to its output, the projector widened to match.
+    """
+    from transformers import GraniteSpeechConfig, GraniteSpeechPlusConfig
 
     if style == "3.3":
         # Multipliers of 1 (real: 12 / 0.22): with tied embeddings and random weights the real
@@ -89,7 +97,22 @@ def tiny_hf_config(style: str = "3.3", **overrides: Any):
             kwargs[key].update(value)
         else:
             kwargs[key] = value
-    return GraniteSpeechConfig(**kwargs)
+    if cat_hidden_layers is None:
+        return GraniteSpeechConfig(**kwargs)
+    encoder = kwargs["encoder_config"]
+    encoder["cat_hidden_layers"] = list(cat_hidden_layers)
+    kwargs["projector_config"]["encoder_hidden_size"] = encoder["hidden_dim"] * (
+        len(cat_hidden_layers) + 1
+    )
+    return GraniteSpeechPlusConfig(**kwargs)
+
+
+def _hf_class(model_type: str):
+    import transformers
+
+    if model_type == "granite_speech_plus":
+        return transformers.GraniteSpeechPlusForConditionalGeneration
+    return transformers.GraniteSpeechForConditionalGeneration
 
 
 def _randomize(model: torch.nn.Module, seed: int) -> None:
@@ -121,11 +144,9 @@ def save_hf_checkpoint(
 
     Returns the HF model (eval mode, adapter attached if any) that wrote it.
     """
-    from transformers import GraniteSpeechForConditionalGeneration
-
     config = config if config is not None else tiny_hf_config()
     torch.manual_seed(seed)
-    model = GraniteSpeechForConditionalGeneration(config).eval()
+    model = _hf_class(config.model_type)(config).eval()
     _randomize(model, seed)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(path, **kwargs)
@@ -145,6 +166,7 @@ def save_hf_checkpoint(
 
 def load_hf_model(path: str | Path, dtype: torch.dtype = torch.float32):
     """The reference: HF's own class loading the directory (it attaches the adapter itself)."""
-    from transformers import GraniteSpeechForConditionalGeneration
+    from transformers import AutoConfig
 
-    return GraniteSpeechForConditionalGeneration.from_pretrained(path, dtype=dtype).eval()
+    model_type = AutoConfig.from_pretrained(path, local_files_only=True).model_type
+    return _hf_class(model_type).from_pretrained(path, dtype=dtype).eval()
