@@ -108,7 +108,7 @@ def check_prompt_ids(prompt_ids: Any, vocab_size: int, audio_token_id: int) -> l
             f"{type(prompt_ids).__name__}"
         )
     if not prompt_ids:
-        raise ValueError("empty list of prompts (prompt_ids has no token ids)")
+        raise ValueError("empty list of prompts")
     flat = not isinstance(_as_list(prompt_ids[0]), Sequence)
     rows = [prompt_ids] if flat else [_as_list(row) for row in prompt_ids]
     checked = []
