@@ -16,11 +16,13 @@ import soundfile as sf
 import torch
 import transformers
 from fms.models import get_model
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import granite_fms
+from granite_fms.conformer import ConformerConfig, ConformerEncoder
 from granite_fms.features import AudioFeatures, GraniteSpeechFeatureExtractor
 from granite_fms.generation import BucketPolicy, Generator
 from granite_fms.granite_speech import ARCHITECTURE, _hf_to_fms_rope
@@ -221,6 +223,8 @@ def test_config_json_that_is_not_json(ckpt_33, tmp_path):
     (path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="config.json is not valid JSON"):
         granite_fms.load_model(path)
+    with pytest.raises(OSError, match="config.json' is not a valid JSON file"):
+        get_model("hf_pretrained", model_path=str(path))
 
 
 def test_truncated_safetensors(ckpt_33, tmp_path):
@@ -230,6 +234,9 @@ def test_truncated_safetensors(ckpt_33, tmp_path):
     for load in _both_loaders(path):
         with pytest.raises(ValueError, match="model.safetensors is not a readable safetensors"):
             load()
+    # With an explicit architecture FMS opens the files before any code of this package runs.
+    with pytest.raises(SafetensorError, match="incomplete metadata"):
+        get_model(ARCHITECTURE, "tiny", model_path=str(path), source="hf")
 
 
 def test_llm_k_proj_of_the_wrong_shape(ckpt_33, tmp_path):
@@ -455,6 +462,24 @@ def test_bucket_policy_refuses_non_integers(kwargs, match):
 
 def test_bucket_policy_takes_lists_as_tuples():
     assert BucketPolicy(batch=[1, 2]).batch == (1, 2)
+
+
+@pytest.mark.parametrize("layers", [(1, 1), (0, 4)])
+def test_cat_hidden_layers_must_be_distinct_layers(layers):
+    config = ConformerConfig(emb_dim=32, nlayers=4, nheads=2, head_dim=16, cat_hidden_layers=layers)
+    with (
+        torch.device("meta"),
+        pytest.raises(ValueError, match=r"must be distinct .*\[0, nlayers = 4\)"),
+    ):
+        ConformerEncoder(config)
+
+
+def test_projector_width_must_match_the_concatenated_encoder():
+    config = granite_fms.GraniteSpeechConfig(
+        encoder_config=ConformerConfig(cat_hidden_layers=(0,)),
+    )
+    with torch.device("meta"), pytest.raises(ValueError, match=r"encoder_dim \(1024\) .* = 2048"):
+        granite_fms.GraniteSpeech(config)
 
 
 # ----- an FMS that registers its own granite_speech (FMS pull request #499) -----------------
