@@ -13,6 +13,7 @@ import torch
 from fms.models import get_model
 from torch._dynamo.testing import CompileCounterWithBackend
 
+from granite_fms import ARCHITECTURE
 from granite_fms.generation import Generator
 from granite_fms.quantize import quantize_llm
 from helpers import rel_err
@@ -21,7 +22,7 @@ from helpers import rel_err
 @pytest.fixture(scope="module")
 def tiny_pair():
     torch.manual_seed(0)
-    fm = get_model("granite_speech", "tiny").eval()
+    fm = get_model(ARCHITECTURE, "tiny").eval()
     return fm, quantize_llm(copy.deepcopy(fm))
 
 

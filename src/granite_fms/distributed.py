@@ -105,10 +105,12 @@ def load_sharded(
     FMS's loader shards each tensor that lies under a TP module (its `load_weights`) and copies
     the rest whole; it consumes `state`, one layer at a time, onto `device`.
     """
+    from granite_fms.granite_speech import ARCHITECTURE  # it imports this module
+
     serialization.load_state_dict_into_model(
         model,
         state,
-        architecture="granite_speech",
+        architecture=ARCHITECTURE,
         source="fms",  # already adapted: no adapter step runs again
         distributed_strategy="tp",
         initial_device=device,

@@ -311,8 +311,9 @@ class GraniteSpeech(nn.Module):
         """
         if past_key_value_states:
             input_features = None  # a decode step: the audio is already in the cache
-        if x.dim() == 2 and input_features is not None:
-            self.start_request(True)
+        if x.dim() == 2:  # ids: placeholders look up id 0, audio (if any) merged
+            if input_features is not None:
+                self.start_request(True)
             x = self.embed_inputs(x, input_features, input_features_mask)
         return self.language_model(
             x,
