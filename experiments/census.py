@@ -67,7 +67,7 @@ import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import REPO, one_line, provenance  # noqa: E402
+from granite_fms.provenance import REPO, one_line, provenance  # noqa: E402
 
 RECOMPILE_LIMIT = 64
 FRAMES_PER_SECOND = 50

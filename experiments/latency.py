@@ -48,7 +48,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from parity import REAL_ENCODER, REAL_PROJECTOR  # noqa: E402
-from provenance import one_line, provenance  # noqa: E402
 from timing import (  # noqa: E402
     PeakMemory,
     Stamps,
@@ -59,6 +58,8 @@ from timing import (  # noqa: E402
     timed,
     timed_result,
 )
+
+from granite_fms.provenance import one_line, provenance  # noqa: E402
 
 SAMPLE_RATE = 16000
 AUDIO_ID = 49159
@@ -882,7 +883,7 @@ def profile_compiled(gen, w: Workload, device, top: int = 8) -> dict:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from provenance import _cpu_model
+    from granite_fms.provenance import _cpu_model
 
     return f"{_cpu_model()} ({torch.get_num_threads()} threads)"
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import one_line, provenance  # noqa: E402
+from granite_fms.provenance import one_line, provenance  # noqa: E402
 
 FP32_TOL = 1e-5
 BF16_TOL = 3e-2

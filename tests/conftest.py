@@ -1,10 +1,14 @@
 """Shared fixtures: tiny checkpoints written by Hugging Face's own classes, loaded both ways."""
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
 import granite_fms
-from granite_fms.testing import load_hf_model, save_hf_checkpoint, tiny_hf_config
+from granite_fms.testing import load_hf_model, save_hf_checkpoint, tiny_hf_config, word_tokenizer
+from helpers import EOS_ID, set_generation_eos
 
 
 def pytest_addoption(parser):
@@ -25,6 +29,15 @@ def capture_expectation(request):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For tiny tensors intra-op threads only add overhead (tenfold on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +75,23 @@ def ckpt_33_untied(tmp_path_factory):
     )
     save_hf_checkpoint(path, config, lora_rank=4, seed=0)
     return path
+
+
+@pytest.fixture(scope="session")
+def dirs(ckpt_33_untied, tmp_path_factory) -> tuple[Path, Path]:
+    """`ckpt_33_untied` twice: (without tokenizer files, with `word_tokenizer()`'s).
+
+    No EOS in the bare one's generation config (rows run max_new_tokens, as an HF reference
+    without EOS does); the full one's names the tokenizer's EOS, as released checkpoints do.
+    """
+    root = tmp_path_factory.mktemp("pipeline")
+    bare, full = root / "bare", root / "full"
+    shutil.copytree(ckpt_33_untied, bare)
+    set_generation_eos(bare, None)
+    shutil.copytree(bare, full)
+    word_tokenizer().save_pretrained(full)
+    set_generation_eos(full, EOS_ID)
+    return bare, full
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,43 @@
 """Helpers shared by the tests."""
 
+from pathlib import Path
+
 import torch
+import transformers
 from fms.utils.generation import generate
+
+AUDIO_ID, EOS_ID = 127, 0  # the tiny 3.3 checkpoints' `<|audio|>` and `word_tokenizer()`'s EOS
+DATA = Path(__file__).parent / "data"
+SENTENCES = ("fox_16k.wav", "long_16k.wav", "short_16k.wav")  # 2.4, 4.52 and 1.22 s
+RATE = 16000
+
+
+def long_recording(
+    pause: float = 0.25, silence: float = 12.0, repeats: int = 3
+) -> tuple[torch.Tensor, tuple[float, float]]:
+    """About 67 s of speech from the espeak-ng fixtures: the three sentences `repeats` times
+    with `pause` seconds after each, a `silence`, the same again; faint noise throughout (so
+    silence is not digital zero). Returns the waveform and the silence's (start, end) in s."""
+    from granite_fms.features import load_audio
+
+    def zeros(seconds: float) -> torch.Tensor:
+        return torch.zeros(round(seconds * RATE))
+
+    part = []
+    for name in SENTENCES * repeats:
+        part += [load_audio(DATA / name), zeros(pause)]
+    half = torch.cat(part)
+    wave = torch.cat([half, zeros(silence), half])
+    noise = torch.randn(wave.shape, generator=torch.Generator().manual_seed(0))
+    start = half.numel() / RATE
+    return wave + 3e-4 * noise, (start, start + silence)
+
+
+def set_generation_eos(path: Path, eos) -> None:
+    """Rewrite the EOS id(s) of a checkpoint's generation_config.json."""
+    config = transformers.GenerationConfig.from_pretrained(path)
+    config.eos_token_id = eos
+    config.save_pretrained(path)
 
 
 def rel_err(reference: torch.Tensor, actual: torch.Tensor) -> float:

@@ -12,80 +12,21 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from tokenizers import Tokenizer, models, pre_tokenizers
 
 from granite_fms.features import load_audio
 from granite_fms.pipeline import SpeechPipeline
 from granite_fms.processor import GraniteSpeechProcessor
 from granite_fms.prompts import PRESETS, PromptPreset
-from granite_fms.testing import load_hf_model, save_hf_checkpoint, tiny_hf_config
+from granite_fms.testing import load_hf_model, word_tokenizer
+from helpers import AUDIO_ID, EOS_ID, set_generation_eos
 
 DATA = Path(__file__).parent / "data"
 FOX, SHORT = DATA / "fox_16k.wav", DATA / "short_16k.wav"  # 120 and 61 encoder frames
-AUDIO_ID, EOS_ID = 127, 0
 PROMPT_IDS = [1, 5, 6, AUDIO_ID, 7, 8]
 NEW = 12
 
-SPECIAL = ["<|end_of_text|>", "<unk>", "<|start_of_role|>", "<|end_of_role|>"]
-WORDS = "user assistant can you transcribe the speech into a written format ? translate to French"
-# Like Granite's: without a system turn it inserts a default one holding today's date.
-CHAT_TEMPLATE = (
-    "{% if messages[0]['role'] != 'system' %}<|start_of_role|>system<|end_of_role|>"
-    "Today's Date: {{ strftime_now('%B %d, %Y') }}.<|end_of_text|>\n{% endif %}"
-    "{% for m in messages %}<|start_of_role|>{{ m['role'] }}<|end_of_role|>{{ m['content'] }}"
-    "<|end_of_text|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|start_of_role|>assistant<|end_of_role|>{% endif %}"
-)
 
-
-def tiny_tokenizer() -> transformers.PreTrainedTokenizerFast:
-    vocab = SPECIAL + WORDS.split()
-    vocab += [f"w{i}" for i in range(AUDIO_ID - len(vocab))] + ["<|audio|>"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        eos_token="<|end_of_text|>",
-        pad_token="<|end_of_text|>",
-        additional_special_tokens=["<|start_of_role|>", "<|end_of_role|>", "<|audio|>"],
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tensors are tiny: intra-op threads only add overhead (tenfold on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory) -> tuple[Path, Path]:
-    """(checkpoint without tokenizer files, the same checkpoint with them)."""
-    bare = tmp_path_factory.mktemp("pipeline") / "bare"
-    config = tiny_hf_config(
-        "3.3", text_config=dict(tie_word_embeddings=False), tie_word_embeddings=False
-    )
-    assert config.audio_token_index == AUDIO_ID
-    save_hf_checkpoint(bare, config, lora_rank=4, seed=0)
-    # No EOS in the bare checkpoint (rows run max_new_tokens, as the HF reference below);
-    # the full one's generation config names the tokenizer's EOS, as released checkpoints do.
-    _set_generation_eos(bare, None)
-    full = bare.parent / "full"
-    shutil.copytree(bare, full)
-    tiny_tokenizer().save_pretrained(full)
-    _set_generation_eos(full, EOS_ID)
-    return bare, full
-
-
-def _set_generation_eos(path: Path, eos) -> None:
-    config = transformers.GenerationConfig.from_pretrained(path)
-    config.eos_token_id = eos
-    config.save_pretrained(path)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +68,7 @@ def hf_generate(hf, prompt_ids: list[int], clip: Path | None = None) -> list[int
 
 
 def chat_ids(text: str) -> list[int]:
-    tok = tiny_tokenizer()
+    tok = word_tokenizer()
     messages = PRESETS["3.3"].messages(text)
     return tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))[
         "input_ids"
@@ -205,7 +146,7 @@ def test_translate_builds_the_instruction(pipe_text):
 
 def test_prompt_without_chat_template(pipe_text, pipe_ids):
     got = pipe_text.generate_ids(FOX, "<|audio|>can you", max_new_tokens=NEW, chat_template=False)
-    prompt = tiny_tokenizer()("<|audio|>can you")["input_ids"]
+    prompt = word_tokenizer()("<|audio|>can you")["input_ids"]
     manual = SpeechPipeline(pipe_ids.model, eos_token_id=EOS_ID)
     assert got == manual.generate_ids(FOX, prompt_ids=prompt, max_new_tokens=NEW)
 
@@ -279,7 +220,7 @@ def test_without_tokenizer_errors(pipe_ids):
 
 
 def test_tokenizer_audio_id_must_match_model(pipe_ids):
-    processor = GraniteSpeechProcessor(tokenizer=tiny_tokenizer(), audio_token="speech")
+    processor = GraniteSpeechProcessor(tokenizer=word_tokenizer(), audio_token="speech")
     with pytest.raises(ValueError, match="maps speech to 10 but the model's audio_token_index"):
         SpeechPipeline(pipe_ids.model, processor)
 
@@ -366,7 +307,7 @@ def test_all_eos_ids_of_the_generation_config(dirs, tmp_path, pipe_ids):
     stops = [next(t for t in range(AUDIO_ID) if t not in full), later]  # one never seen
     path = tmp_path / "ckpt"
     shutil.copytree(dirs[0], path)
-    _set_generation_eos(path, stops)
+    set_generation_eos(path, stops)
     pipe = SpeechPipeline.from_pretrained(path)
     assert pipe.eos_token_id == stops
     out = pipe.run(FOX, prompt_ids=PROMPT_IDS, max_new_tokens=NEW)[0]

@@ -102,6 +102,11 @@ class AudioFeatures:
         return getattr(self, key)
 
 
+def _name(clip: AudioClip, index: int) -> str:
+    """How errors name clip `index` of a request."""
+    return f"audio[{index}] ({clip})" if isinstance(clip, str | os.PathLike) else f"audio[{index}]"
+
+
 class GraniteSpeechFeatureExtractor:
     """Audio clips -> stacked log-mel frames, as the Granite Speech conformer expects."""
 
@@ -156,10 +161,7 @@ class GraniteSpeechFeatureExtractor:
         clips = list(audio) if isinstance(audio, list | tuple) else [audio]
         if not clips:
             raise ValueError("empty list of audio clips")
-        names = [
-            f"audio[{i}] ({clip})" if isinstance(clip, str | os.PathLike) else f"audio[{i}]"
-            for i, clip in enumerate(clips)
-        ]
+        names = [_name(clip, i) for i, clip in enumerate(clips)]
         waves = [self._waveform(c, sampling_rate, n) for c, n in zip(clips, names, strict=True)]
         # One clip at a time: HF runs the STFT on the zero-padded batch, so a clip's last frame
         # (zeros, not reflect padding, past its end) depends on its batchmates; ours does not.
@@ -172,6 +174,11 @@ class GraniteSpeechFeatureExtractor:
                 [self.num_audio_tokens(w.numel()) for w in waves], dtype=torch.int64
             ),
         )
+
+    def waveform(self, clip: AudioClip, sampling_rate: int | None = None, index: int = 0) -> Tensor:
+        """Load or check one clip as `__call__` does: a float32 1-D CPU tensor at
+        `self.sample_rate`. Errors name the clip as `audio[index]` (and its path)."""
+        return self._waveform(clip, sampling_rate, _name(clip, index))
 
     def _waveform(self, clip: AudioClip, sampling_rate: int | None, where: str) -> Tensor:
         """Load or check one clip; returns a float32 1-D CPU tensor."""

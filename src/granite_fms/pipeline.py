@@ -3,12 +3,16 @@
     pipe = SpeechPipeline.from_pretrained("granite-speech-3.3-2b", dtype=torch.bfloat16)
     pipe.transcribe(["a.wav", "b.wav"])        # ["...", "..."], one per clip
     pipe.transcribe("a.wav", num_beams=4)      # the model cards' beam search
+    pipe.transcribe("talk.wav", segmentation="vad", return_segments=True)
+    # [{"text": "...", "segments": [{"id", "start", "end", "text", "tokens"}], "warnings": []}]
     pipe.translate("a.wav", "French")          # ["..."]
     pipe.generate(prompt="What is 2 + 2?")     # text only: the LoRA adapter is off
     pipe.generate_ids(clip, prompt_ids=ids)    # token ids in and out, no tokenizer needed
     pipe.compile()                             # or from_pretrained(..., compile=True)
 
-Every request is a batch: one clip or a list in, a list out. Every request runs through the one
+Every request is a batch: one clip or a list in, a list out. `transcribe` and `translate` take
+audio of any length: clips longer than `chunk_length` are cut into windows (`granite_fms.longform`)
+and all windows of all clips are decoded as one batch. Every request runs through the one
 generation loop, `granite_fms.generation.Generator`: eager by default, compiled graphs after
 `compile()` (bucketed shapes, a static KV cache, CUDA graphs on a GPU). Each row keeps its new
 tokens up to (not including) the first EOS; a row cut by `max_new_tokens` is logged as a
@@ -26,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from granite_fms import longform
 from granite_fms.checkpoint import load_model
 from granite_fms.features import AudioClip, encoder_frame_count
 from granite_fms.generation import BucketPolicy, Generation, Generator
@@ -190,29 +195,146 @@ class SpeechPipeline:
         self,
         audio: Audio,
         *,
-        max_new_tokens: int = 200,
+        chunk_length: float = 30.0,
+        segmentation: longform.Segmentation = "fixed",
+        return_segments: bool = False,
+        max_new_tokens: int | None = None,
         num_beams: int = 1,
         keywords: Sequence[str] = (),
-    ) -> list[str]:
-        """Transcript of each clip (`keywords`: words to bias towards, as the cards do)."""
+        batch_size: int | None = None,
+    ) -> list[str] | list[longform.Transcript]:
+        """Transcript of each clip, of any length (`keywords`: words to bias towards, as the
+        cards do).
+
+        chunk_length: clips longer than this many seconds are cut into windows no longer than
+            it, "fixed" (equal windows end to end) or by "vad" `segmentation` (long silences
+            skipped, cuts in pauses); see `granite_fms.longform`. A shorter clip is one window.
+        return_segments: per clip `{"text", "segments": [{"id", "start", "end", "text",
+            "tokens"}], "warnings": [...]}` (times in seconds from the start of the clip)
+            instead of its text; a window that used its whole budget is named in `warnings`.
+        max_new_tokens: one budget for every window; None sizes each from its length
+            (`longform.budget`: 200 per 30 s, and 200 for a clip that is not cut).
+        batch_size: windows per generation call (the longest first); None: all at once.
+        """
         prompt = self.prompts.user_turn(
             "transcribe", keywords=keywords, audio_token=self.processor.audio_token
         )
-        return self.generate(audio, prompt, max_new_tokens=max_new_tokens, num_beams=num_beams)
+        return self._long_form(
+            audio,
+            prompt,
+            chunk_length,
+            segmentation,
+            return_segments,
+            max_new_tokens,
+            num_beams,
+            batch_size,
+        )
 
     def translate(
         self,
         audio: Audio,
         language: str,
         *,
-        max_new_tokens: int = 200,
+        chunk_length: float = 30.0,
+        segmentation: longform.Segmentation = "fixed",
+        return_segments: bool = False,
+        max_new_tokens: int | None = None,
         num_beams: int = 1,
-    ) -> list[str]:
-        """Translation of each clip's speech into `language` (e.g. "French")."""
+        batch_size: int | None = None,
+    ) -> list[str] | list[longform.Transcript]:
+        """Translation of each clip's speech into `language` (e.g. "French"); the other
+        arguments as in `transcribe`."""
         prompt = self.prompts.user_turn(
             "translate", language=language, audio_token=self.processor.audio_token
         )
-        return self.generate(audio, prompt, max_new_tokens=max_new_tokens, num_beams=num_beams)
+        return self._long_form(
+            audio,
+            prompt,
+            chunk_length,
+            segmentation,
+            return_segments,
+            max_new_tokens,
+            num_beams,
+            batch_size,
+        )
+
+    def _long_form(
+        self,
+        audio: Audio,
+        prompt: str,
+        chunk_length: float,
+        segmentation: longform.Segmentation,
+        return_segments: bool,
+        max_new_tokens: int | None,
+        num_beams: int,
+        batch_size: int | None,
+    ) -> list[str] | list[longform.Transcript]:
+        """Cut each clip into windows, decode all windows in batches, put each clip together."""
+        if self.tokenizer is None:
+            raise ValueError("decoding needs a tokenizer; use generate_ids for token ids")
+        if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        clips = list(audio) if isinstance(audio, list | tuple) else [audio]
+        if not clips:
+            raise ValueError("empty list of audio clips")
+        extractor = self.processor.feature_extractor
+        rate = extractor.sample_rate
+        waves = [extractor.waveform(clip, index=i) for i, clip in enumerate(clips)]
+        plans = [longform.split(w, chunk_length, segmentation, rate) for w in waves]
+        jobs = [(c, window) for c, plan in enumerate(plans) for window in plan]
+        budgets = [
+            longform.budget(len(window) / rate, len(plans[c]) == 1)
+            if max_new_tokens is None
+            else max_new_tokens
+            for c, window in jobs
+        ]
+        pieces = [waves[c][window.start : window.end] for c, window in jobs]
+        generations = self._batched(pieces, prompt, budgets, num_beams, batch_size)
+        texts = self.tokenizer.batch_decode(
+            [g.tokens for g in generations], skip_special_tokens=True
+        )
+        results, first = [], 0
+        for c, plan in enumerate(plans):
+            last = first + len(plan)
+            result = longform.transcript(
+                plan,
+                generations[first:last],
+                texts[first:last],
+                budgets[first:last],
+                rate,
+                stops=self.eos_token_id is not None,
+            )
+            for warning in result["warnings"]:
+                logger.warning("audio[%d]: %s", c, warning)
+            results.append(result)
+            first = last
+        return results if return_segments else [r["text"] for r in results]
+
+    def _batched(
+        self,
+        pieces: list[torch.Tensor],
+        prompt: str,
+        budgets: list[int],
+        num_beams: int,
+        batch_size: int | None,
+    ) -> list[Generation]:
+        """`_run` on the pieces in batches of `batch_size`, longest first; results in order."""
+        if not pieces:
+            return []
+        size = batch_size or len(pieces)
+        order = sorted(range(len(pieces)), key=lambda i: -pieces[i].numel())
+        out: list[Generation | None] = [None] * len(pieces)
+        for first in range(0, len(order), size):
+            rows = order[first : first + size]
+            generations = self._run(
+                [pieces[i] for i in rows],
+                prompt,
+                max_new_tokens=[budgets[i] for i in rows],
+                num_beams=num_beams,
+            )
+            for i, generation in zip(rows, generations, strict=True):
+                out[i] = generation
+        return out
 
     def generate(
         self,
@@ -286,6 +408,32 @@ class SpeechPipeline:
     ) -> list[Generation]:
         """`generate_ids` with each row's details: tokens, whether it ended with an EOS (or was
         cut by `max_new_tokens`, one budget for all or one per request) and its beam score."""
+        out = self._run(
+            audio,
+            prompt,
+            prompt_ids=prompt_ids,
+            max_new_tokens=max_new_tokens,
+            chat_template=chat_template,
+            num_beams=num_beams,
+        )
+        cut = [i for i, g in enumerate(out) if not g.finished and self.eos_token_id is not None]
+        if cut:
+            logger.warning(
+                "requests %s reached max_new_tokens without an EOS: their outputs are cut", cut
+            )
+        return out
+
+    def _run(
+        self,
+        audio: Audio | None = None,
+        prompt: Prompt | None = None,
+        *,
+        prompt_ids: PromptIds | None = None,
+        max_new_tokens: int | Sequence[int] = 200,
+        chat_template: bool = True,
+        num_beams: int = 1,
+    ) -> list[Generation]:
+        """`run` without its warning (long-form results name their cut windows themselves)."""
         features = None
         if audio is not None:
             features = self.processor.feature_extractor(audio).to(self.device)
@@ -299,19 +447,13 @@ class SpeechPipeline:
                 self.processor.expand_audio_token_ids(row, self.audio_token_id, count)
                 for row, count in zip(rows, counts, strict=True)
             ]
-        out = self.generator.generate(
+        return self.generator.generate(
             inputs,
             features,
             max_new_tokens=max_new_tokens,
             eos_token_id=self.eos_token_id,
             num_beams=num_beams,
         )
-        cut = [i for i, g in enumerate(out) if not g.finished and self.eos_token_id is not None]
-        if cut:
-            logger.warning(
-                "requests %s reached max_new_tokens without an EOS: their outputs are cut", cut
-            )
-        return out
 
     def _prompt_rows(
         self,

@@ -1,11 +1,14 @@
 """Where and with what a result was produced: hardware, library versions, git state, time.
 
-No hostname, user name or path is recorded.
+The git state is the source checkout's this module was imported from (an editable install or
+`PYTHONPATH=src`): the commit, the changed paths and a hash of the diff against it, so a result
+from uncommitted code still names the code. No hostname, user name or path is recorded.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -13,8 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("torch", "torchaudio", "transformers", "ibm-fms", "peft")
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = ("granite-fms", "torch", "torchaudio", "transformers", "ibm-fms", "peft", "jiwer")
 
 
 def _cpu_model() -> str:
@@ -35,6 +38,8 @@ def _version(package: str) -> str | None:
 
 
 def _git(*args: str) -> str | None:
+    if not (REPO / ".git").exists():  # an installed copy: no checkout to describe
+        return None
     try:
         out = subprocess.run(
             ["git", *args], cwd=REPO, capture_output=True, text=True, check=True, timeout=30
@@ -58,6 +63,7 @@ def provenance() -> dict:
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain")
     dirty_paths = [line[3:] for line in status.splitlines()] if status is not None else None
+    diff = _git("diff", "HEAD", "--binary")
     return {
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": {
@@ -78,6 +84,8 @@ def provenance() -> dict:
             "commit": commit.strip() if commit else None,
             "dirty": bool(dirty_paths) if dirty_paths is not None else None,
             "dirty_paths": dirty_paths,
+            # tracked changes only; untracked files are listed in dirty_paths
+            "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
         },
         "argv": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else [],
     }

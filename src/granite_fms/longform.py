@@ -1,0 +1,252 @@
+"""Audio of any length: windows no longer than `chunk_length`, decoded as one batch, joined.
+
+    windows = split(wave, chunk_length=30.0, segmentation="vad")   # [Window(start, end), ...]
+
+`SpeechPipeline.transcribe` / `translate` cut every clip with `split`, run all windows of all
+clips through the one generation loop (padding never changes a row, so a batched window gets
+the tokens it gets alone) and put each clip's pieces back together with `transcript`.
+
+Two segmentations:
+
+* "fixed": `ceil(duration / chunk_length)` windows of equal length, end to end, so they cover
+  the file with no gap and no overlap. Equal lengths rather than full windows and a remainder:
+  a remainder can be a fraction of a second, too little context to transcribe well.
+* "vad": energy-based voice activity detection (`VadConfig`). Silences of at least
+  `min_silence` seconds are skipped (but `pad` either side of speech); a stretch of speech
+  longer than `chunk_length` is cut in its latest pause that leaves the window at least half
+  full, else at the quietest frame there.
+
+A clip no longer than `chunk_length` is one window whatever the segmentation, so it decodes
+exactly as a short clip always has.
+"""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, TypedDict
+
+import torch
+import torch.nn.functional as F
+
+from granite_fms.generation import Generation
+
+Segmentation = Literal["fixed", "vad"]
+SEGMENTATIONS = ("fixed", "vad")
+
+TOKENS_PER_30S = 200  # the model cards' max_new_tokens for a clip of up to 30 s
+MIN_WINDOW_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class Window:
+    """Samples [start, end) of a clip."""
+
+    start: int
+    end: int
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class VadConfig:
+    """Energy-based voice activity detection; durations in seconds, levels in dB.
+
+    A frame is speech if its level is above `threshold_db` below the reference level (the 95th
+    percentile of all frame levels, so a click does not set it) and above `min_level_db` dBFS.
+    Silences shorter than `min_pause` are gaps between sounds, not pauses; speech shorter than
+    `min_speech` is a click; a silence of at least `min_silence` ends a stretch of speech.
+    """
+
+    frame: float = 0.02
+    threshold_db: float = 40.0
+    min_level_db: float = -60.0
+    min_pause: float = 0.15
+    min_speech: float = 0.1
+    min_silence: float = 1.0
+    pad: float = 0.2
+
+    def __post_init__(self):
+        for name in ("frame", "threshold_db", "min_pause", "min_speech", "min_silence"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"VadConfig.{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= 2 * self.pad < self.min_silence:
+            raise ValueError(
+                f"VadConfig.pad ({self.pad}) must be >= 0 and less than half of min_silence "
+                f"({self.min_silence}), or the padded stretches would overlap"
+            )
+
+
+class Segment(TypedDict):
+    id: int
+    start: float  # seconds from the start of the file
+    end: float
+    text: str
+    tokens: list[int]
+
+
+class Transcript(TypedDict):
+    text: str
+    segments: list[Segment]
+    warnings: list[str]
+
+
+def check_chunk_length(chunk_length: float) -> None:
+    if isinstance(chunk_length, bool) or not isinstance(chunk_length, int | float):
+        raise TypeError(f"chunk_length must be a number of seconds, got {chunk_length!r}")
+    if not (math.isfinite(chunk_length) and chunk_length >= 1.0):
+        raise ValueError(f"chunk_length must be at least 1 second, got {chunk_length}")
+
+
+def split(
+    wave: torch.Tensor,
+    chunk_length: float = 30.0,
+    segmentation: Segmentation = "fixed",
+    sample_rate: int = 16000,
+    vad: VadConfig | None = None,
+) -> list[Window]:
+    """Windows of a 1-D waveform, in order, none longer than `chunk_length` seconds."""
+    check_chunk_length(chunk_length)
+    if segmentation not in SEGMENTATIONS:
+        raise ValueError(f"segmentation must be one of {SEGMENTATIONS}, got {segmentation!r}")
+    chunk = int(chunk_length * sample_rate)
+    n = wave.numel()
+    if n <= chunk:
+        return [Window(0, n)]
+    if segmentation == "fixed":
+        return fixed_windows(n, chunk)
+    return vad_windows(wave, chunk, sample_rate, vad or VadConfig())
+
+
+def fixed_windows(num_samples: int, chunk: int) -> list[Window]:
+    """The fewest windows of at most `chunk` samples, of equal length (+-1 sample), end to end."""
+    count = -(-num_samples // chunk)
+    bounds = [i * num_samples // count for i in range(count + 1)]
+    return [Window(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def frame_levels(wave: torch.Tensor, hop: int) -> torch.Tensor:
+    """Level (dBFS: mean square re full scale) of each `hop`-sample frame; the last is padded."""
+    frames = -(-wave.numel() // hop)
+    padded = F.pad(wave.float(), (0, frames * hop - wave.numel()))
+    return 10 * torch.log10(padded.view(frames, hop).pow(2).mean(1) + 1e-12)
+
+
+def _runs(mask: torch.Tensor) -> list[tuple[int, int]]:
+    """[start, end) of each run of True."""
+    edges = torch.diff(F.pad(mask.int(), (1, 1))).tolist()
+    starts = [i for i, d in enumerate(edges) if d == 1]
+    ends = [i for i, d in enumerate(edges) if d == -1]
+    return list(zip(starts, ends, strict=True))
+
+
+def vad_windows(wave: torch.Tensor, chunk: int, sample_rate: int, cfg: VadConfig) -> list[Window]:
+    """Windows over the speech of `wave`, skipping long silences, cut in pauses."""
+    hop = max(1, round(cfg.frame * sample_rate))
+    level = frame_levels(wave, hop)
+    reference = float(torch.quantile(level, 0.95))
+    speech = level > max(reference - cfg.threshold_db, cfg.min_level_db)
+    frames = speech.numel()
+
+    def count(seconds: float) -> int:
+        return math.ceil(seconds * sample_rate / hop)
+
+    for a, b in _runs(~speech):
+        if b - a < count(cfg.min_pause) and a > 0 and b < frames:
+            speech[a:b] = True
+    for a, b in _runs(speech):
+        if b - a < count(cfg.min_speech):
+            speech[a:b] = False
+
+    stretches: list[tuple[int, int, list[int]]] = []  # first, end frame; pause midpoints
+    for a, b in _runs(speech):
+        if stretches and a - stretches[-1][1] < count(cfg.min_silence):
+            first, last, pauses = stretches[-1]
+            stretches[-1] = (first, b, [*pauses, (last + a) * hop // 2])
+        else:
+            stretches.append((a, b, []))
+    pad = round(cfg.pad * sample_rate)
+    windows: list[Window] = []
+    for a, b, pauses in stretches:
+        start, end = max(0, a * hop - pad), min(wave.numel(), b * hop + pad)
+        windows += _cut(start, end, chunk, pauses, level, hop)
+    return windows
+
+
+def _cut(
+    start: int, end: int, chunk: int, pauses: Sequence[int], level: torch.Tensor, hop: int
+) -> list[Window]:
+    """[start, end) in windows of at most `chunk` samples, each at least half full and the last
+    at least a quarter: cut in the latest pause that allows it, else at the quietest frame."""
+    windows = []
+    while end - start > chunk:
+        lo, hi = start + chunk // 2, min(start + chunk, end - chunk // 4)
+        inside = [p for p in pauses if lo < p <= hi]
+        if inside:
+            cut = inside[-1]
+        else:
+            first = lo // hop + 1  # frames whose first sample lies in (lo, hi]
+            cut = (first + int(level[first : hi // hop + 1].argmin())) * hop
+        windows.append(Window(start, cut))
+        start = cut
+    windows.append(Window(start, end))
+    return windows
+
+
+def budget(seconds: float, whole_clip: bool) -> int:
+    """New-token budget of a window: 200 per 30 s of audio. A clip that is not cut gets at
+    least 200 (the model cards' `max_new_tokens`, so a short clip decodes as before), a window
+    of a cut clip at least 32."""
+    sized = math.ceil(TOKENS_PER_30S * seconds / 30)
+    return max(sized, TOKENS_PER_30S if whole_clip else MIN_WINDOW_TOKENS)
+
+
+def transcript(
+    windows: Sequence[Window],
+    generations: Sequence[Generation],
+    texts: Sequence[str],
+    budgets: Sequence[int],
+    sample_rate: int,
+    stops: bool,
+) -> Transcript:
+    """One clip's result from its windows' generations and decoded texts, in order.
+
+    stops: whether generation had an EOS id; without one every row runs its whole budget and
+    that is not worth a warning.
+    """
+    segments: list[Segment] = []
+    warnings: list[str] = []
+    for i, (window, gen, text, limit) in enumerate(
+        zip(windows, generations, texts, budgets, strict=True)
+    ):
+        start, end = window.start / sample_rate, window.end / sample_rate
+        segments.append(Segment(id=i, start=start, end=end, text=text, tokens=gen.tokens))
+        if stops and not gen.finished:
+            warnings.append(
+                f"segment {i} ({start:.2f}-{end:.2f} s) used its whole budget of {limit} new "
+                "tokens without an end of text: its text may be cut"
+            )
+    if not windows:
+        warnings.append("no speech found: nothing was transcribed")
+    return Transcript(text=join(texts), segments=segments, warnings=warnings)
+
+
+def join(texts: Sequence[str]) -> str:
+    """Texts of consecutive windows as one; a single window's text is kept as it is."""
+    if len(texts) == 1:
+        return texts[0]
+    return " ".join(t.strip() for t in texts if t.strip())
+
+
+__all__ = [
+    "SEGMENTATIONS",
+    "Segment",
+    "Transcript",
+    "VadConfig",
+    "Window",
+    "budget",
+    "fixed_windows",
+    "split",
+    "transcript",
+    "vad_windows",
+]
