@@ -1,4 +1,4 @@
-"""Reproduce everything: `nox -s bench parity docs` (main job) and `nox -s tests`."""
+"""Reproduce everything: `nox -s bench parity eval docs` (main job) and `nox -s tests`."""
 
 from __future__ import annotations
 
@@ -42,6 +42,23 @@ def bench(session: nox.Session) -> None:
     _install(session, "dev,docs")
     session.run("python", "experiments/census.py", *session.posargs)
     session.run("python", "experiments/latency.py", *session.posargs)
+
+
+@nox.session(python=PYTHON, name="eval")
+def eval_(session: nox.Session) -> None:
+    """WER, CER, RTFx and tokens/s, eager and compiled, -> results/eval.{json,md}, and long-form
+    speed -> results/longform.{json,md}, on the built-in `tiny` variant (random weights: the WER
+    means nothing). With arguments, `granite-fms eval` on them instead, e.g.
+    `nox -s eval -- --model_path DIR --manifest test-clean.jsonl --output results/eval.json`."""
+    _install(session, "dev")
+    if session.posargs:
+        session.run("granite-fms", "eval", *session.posargs)
+        return
+    session.run(
+        "granite-fms", "eval", "--variant", "tiny", "--device_type", "cpu",
+        "--manifest", "tests/data/manifest.jsonl", "--output", "results/eval.json",
+    )  # fmt: skip
+    session.run("python", "experiments/longform.py")
 
 
 @nox.session(python=PYTHON)

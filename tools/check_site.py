@@ -49,7 +49,7 @@ BROWSER_PAGES = [
     ("reference/granite_speech/index.html", "reference-granite_speech"),
 ]
 RESULT_PAGES = ["results/index.html"] + [
-    f"results/{name}/index.html" for name in ("parity", "census", "latency")
+    f"results/{name}/index.html" for name in ("parity", "census", "latency", "eval", "longform")
 ]
 
 

@@ -6,8 +6,8 @@
 Every page written here is rebuilt on each run and is not committed (see .gitignore):
 
 * docs/<name>.md from docs/templates/<name>.md, placeholders resolved (see below);
-* docs/results/{index,parity,census,latency}.md from results/<name>.{json,md}, with the
-  files the Markdown references (plots) and the raw JSON copied beside them;
+* docs/results/{index,<name>}.md for every name of RESULT_PAGES, from results/<name>.{json,md},
+  with the files the Markdown references (plots) and the raw JSON copied beside them;
 * docs/reference/*.md, one mkdocstrings page per module of granite_fms that exists;
 * docs/changelog.md from `git log`;
 * docs/notebooks/walkthrough.ipynb: docs/templates/walkthrough.ipynb executed with nbclient.
@@ -55,6 +55,8 @@ RESULT_PAGES = {
     "parity": ("FMS vs Hugging Face parity", "nox -s parity", "experiments/parity.py"),
     "census": ("Graph breaks and recompiles", "nox -s bench", "experiments/census.py"),
     "latency": ("Latency", "nox -s bench", "experiments/latency.py"),
+    "eval": ("Transcription: WER and RTFx", "nox -s eval", "granite-fms eval"),
+    "longform": ("Long-form speed", "nox -s eval", "experiments/longform.py"),
 }
 
 

@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="inductor",
         help="torch.compile backend (default inductor; aot_eager or eager to debug the graphs)",
     )
-    # Compile options that change no result (such as a persistent compile cache) go here.
+    # More compile flags (--compile_cache DIR: a persistent compile cache) belong here.
 
     decoding = argparse.ArgumentParser(add_help=False)
     group = decoding.add_argument_group("decoding")
@@ -233,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def load_pipeline(args: argparse.Namespace, device: str) -> SpeechPipeline:
     """The pipeline the model flags describe; UsageError for a bad model or tokenizer."""
+    from fms.models import list_variants
+
     from granite_fms.processor import GraniteSpeechProcessor
+    from granite_fms.testing import random_pipeline
 
     if bool(args.model_path) == bool(args.variant):
         raise UsageError(
@@ -248,7 +251,12 @@ def load_pipeline(args: argparse.Namespace, device: str) -> SpeechPipeline:
                 raise UsageError(f"--model_path {args.model_path} is not a directory")
             pipe = SpeechPipeline.from_pretrained(args.model_path, dtype=dtype, device=device)
         else:
-            pipe = _random_pipeline(args.variant, dtype, device)
+            if args.variant not in list_variants("granite_speech"):
+                raise UsageError(
+                    f"--variant {args.variant!r} is not one of "
+                    f"{list_variants('granite_speech')} (granite_speech variants)"
+                )
+            pipe = random_pipeline(args.variant, dtype=dtype, device=device)
         if args.tokenizer:
             processor = GraniteSpeechProcessor.from_pretrained(args.tokenizer)
             if processor.tokenizer is None:
@@ -264,25 +272,6 @@ def load_pipeline(args: argparse.Namespace, device: str) -> SpeechPipeline:
     if args.compile:
         pipe.compile(mode=args.compile_mode, backend=args.compile_backend)
     return pipe
-
-
-def _random_pipeline(variant: str, dtype: torch.dtype | None, device: str) -> SpeechPipeline:
-    from fms.models import get_model, list_variants
-
-    from granite_fms.processor import GraniteSpeechProcessor
-    from granite_fms.testing import word_tokenizer
-
-    if variant not in list_variants("granite_speech"):
-        raise UsageError(
-            f"--variant {variant!r} is not one of {list_variants('granite_speech')} "
-            "(granite_speech variants)"
-        )
-    torch.manual_seed(0)  # the same random weights on every rank and every run
-    model = get_model("granite_speech", variant, device_type="cpu", data_type=dtype)
-    model = model.to(device).eval()
-    cfg = model.config
-    tokenizer = word_tokenizer(cfg.text_config.src_vocab_size, cfg.audio_token_index)
-    return SpeechPipeline(model, GraniteSpeechProcessor(tokenizer=tokenizer))
 
 
 def _request(args: argparse.Namespace) -> Request:

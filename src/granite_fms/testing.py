@@ -4,7 +4,8 @@ No weights can be downloaded: tests and experiments build random checkpoints wit
 `transformers.GraniteSpeechForConditionalGeneration.save_pretrained` (or
 `GraniteSpeechPlusForConditionalGeneration`, given `cat_hidden_layers`) and a peft LoRA
 adapter, in the layouts of the real 3.3 (tied embeddings, LoRA) and 4.x (untied, no LoRA)
-releases, and a word-level tokenizer (`word_tokenizer`) whose ids are a model's vocabulary.
+releases, and a word-level tokenizer (`word_tokenizer`) whose ids are a model's vocabulary;
+`random_pipeline` pairs one with a registered variant's random weights.
 """
 
 import math
@@ -212,3 +213,22 @@ def word_tokenizer(vocab_size: int = 128, audio_token_index: int = 127):
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
+
+
+def random_pipeline(
+    variant: str = "tiny", *, dtype: torch.dtype | None = None, device: str = "cpu", seed: int = 0
+):
+    """A `SpeechPipeline` of a registered `granite_speech` variant with random weights (FMS's
+    `get_model` without a checkpoint, seeded) and a `word_tokenizer` of its vocabulary: the
+    built-in default of `granite-fms --variant tiny`, for speed, not for text."""
+    from fms.models import get_model
+
+    from granite_fms.pipeline import SpeechPipeline
+    from granite_fms.processor import GraniteSpeechProcessor
+
+    torch.manual_seed(seed)
+    model = get_model("granite_speech", variant, device_type="cpu", data_type=dtype)
+    model = model.to(device).eval()
+    cfg = model.config
+    tokenizer = word_tokenizer(cfg.text_config.src_vocab_size, cfg.audio_token_index)
+    return SpeechPipeline(model, GraniteSpeechProcessor(tokenizer=tokenizer))
