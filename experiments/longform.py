@@ -96,7 +96,7 @@ def cli_run(wave: torch.Tensor, tmp: Path) -> dict:
     batches = {r["timing"]["batch"]: r["timing"]["wall_s"] for r in rows}
     audio = sum(r["duration"] for r in rows)
     return {
-        "argv": ["granite-fms", *argv[:4], "--device_type", "cpu", "--output_format", "jsonl"],
+        "argv": ["granite-fms", "transcribe", "DIR", *argv[2:6], "--output_format", "jsonl"],
         "clips": len(rows),
         "audio_s": audio,
         "batches": len(batches),

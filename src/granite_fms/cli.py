@@ -265,7 +265,7 @@ def load_pipeline(args: argparse.Namespace, device: str) -> SpeechPipeline:
             pipe = SpeechPipeline(
                 pipe.model, processor, eos_token_id=eos[0] if len(eos) == 1 else eos or None
             )
-    except (ValueError, TypeError, OSError) as e:
+    except (ValueError, TypeError, KeyError, OSError, RuntimeError) as e:
         raise UsageError(f"could not load the model: {e}") from e
     if pipe.tokenizer is None:
         raise UsageError(f"{args.model_path} has no tokenizer files; pass --tokenizer DIR")

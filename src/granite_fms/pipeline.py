@@ -283,7 +283,7 @@ class SpeechPipeline:
         plans = [longform.split(w, chunk_length, segmentation, rate) for w in waves]
         jobs = [(c, window) for c, plan in enumerate(plans) for window in plan]
         budgets = [
-            longform.budget(len(window) / rate, len(plans[c]) == 1)
+            longform.budget(len(window) / rate, len(window) == waves[c].numel())
             if max_new_tokens is None
             else max_new_tokens
             for c, window in jobs
