@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -212,23 +213,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("granite_fms").setLevel(logging.INFO)
     # Cut windows are named in each result's `warnings`; one log line each would bury the bar.
     logging.getLogger("granite_fms.pipeline").setLevel(logging.ERROR)
-    ranks = Ranks()
     try:
-        ranks = Ranks.from_env(args.device_type)
-        if not ranks.main:
-            logging.getLogger("granite_fms").setLevel(logging.WARNING)
         try:
-            if args.command == "eval":
-                return _eval(args, ranks)
-            return _transcribe(args, ranks)
+            return _eval(args) if args.command == "eval" else _transcribe(args)
         except UsageError as e:
             print(f"granite-fms: error: {e}", file=sys.stderr)
             return 2
     except KeyboardInterrupt:
         print("granite-fms: interrupted; rerun with the same --output to resume", file=sys.stderr)
         return 130
-    finally:
-        ranks.close()
 
 
 def load_pipeline(args: argparse.Namespace, device: str) -> SpeechPipeline:
@@ -302,7 +295,7 @@ def _collect(inputs: list[str]) -> list[Item]:
 # ----- transcribe / translate -----------------------------------------------------------------
 
 
-def _transcribe(args: argparse.Namespace, ranks: Ranks) -> int:
+def _transcribe(args: argparse.Namespace) -> int:
     request = _request(args)
     fmt = args.output_format
     formats = writers.FORMATS if fmt == "all" else (fmt,) if fmt in writers.FORMATS else ()
@@ -312,7 +305,27 @@ def _transcribe(args: argparse.Namespace, ranks: Ranks) -> int:
     items = _collect(args.inputs)
     if formats:
         _check_names(items)
-    pipe = load_pipeline(args, ranks.device)
+    # The model is loaded before joining torchrun's group: FMS's get_model (--variant) would
+    # shard it over the group's ranks (tensor parallel); here every rank holds a whole model.
+    pipe = load_pipeline(args, Ranks.local_device(args.device_type))
+    ranks = Ranks.from_env(args.device_type)
+    try:
+        return _run_items(args, pipe, ranks, request, items, jsonl, formats)
+    finally:
+        ranks.close()
+
+
+def _run_items(
+    args: argparse.Namespace,
+    pipe: SpeechPipeline,
+    ranks: Ranks,
+    request: Request,
+    items: list[Item],
+    jsonl: str | None,
+    formats: tuple[str, ...],
+) -> int:
+    if not ranks.main:
+        logging.getLogger("granite_fms").setLevel(logging.WARNING)
     store = ResultStore(jsonl) if jsonl else None
     done = ranks.broadcast(store.load() if store is not None and ranks.main else set())
     pending = [item for item in items if item.audio_filepath not in done]
@@ -399,10 +412,10 @@ class _Progress:
 # ----- eval -----------------------------------------------------------------------------------
 
 
-def _eval(args: argparse.Namespace, ranks: Ranks) -> int:
+def _eval(args: argparse.Namespace) -> int:
     from granite_fms.generation import Generator
 
-    if ranks.world > 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("eval runs in one process (its timings compare modes on one device)")
     request = _request(args)
     try:
@@ -413,7 +426,7 @@ def _eval(args: argparse.Namespace, ranks: Ranks) -> int:
     if missing or not items:
         raise UsageError(f"--manifest {args.manifest}: rows without a reference `text`: {missing}")
     args.compile = False  # the modes say how to generate
-    pipe = load_pipeline(args, ranks.device)
+    pipe = load_pipeline(args, Ranks.local_device(args.device_type))
     items = dataset.probe(items)
     batches = dataset.plan_batches(items, args.batch_size, args.chunk_length)
 

@@ -20,7 +20,6 @@ The price is a step in lockstep per batch; with shares sorted by duration the ra
 batches are of about the same size, so little time is spent waiting.
 """
 
-import datetime
 import json
 import logging
 import math
@@ -214,24 +213,21 @@ class Ranks:
 
     @classmethod
     def from_env(cls, device_type: str) -> "Ranks":
-        """Join torchrun's process group (gloo on CPU, nccl on CUDA) if WORLD_SIZE > 1."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world == 1:
+        """Under torchrun (WORLD_SIZE > 1), join its process group (gloo on CPU, nccl on CUDA:
+        `granite_fms.distributed.init_distributed`); else rank 0 of 1."""
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
             return cls(device=device_type)
         import torch.distributed as dist
 
-        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        device = device_type
-        if device_type == "cuda":
-            torch.cuda.set_device(local)
-            device = f"cuda:{local}"
-        if not dist.is_initialized():
-            # A batch is waited for by every rank: allow long ones (the default is 30 min).
-            dist.init_process_group(
-                "nccl" if device_type == "cuda" else "gloo",
-                timeout=datetime.timedelta(hours=6),
-            )
-        return cls(rank, world, device)
+        from granite_fms.distributed import init_distributed
+
+        _, device = init_distributed(device_type)
+        return cls(dist.get_rank(), dist.get_world_size(), str(device))
+
+    @staticmethod
+    def local_device(device_type: str) -> str:
+        """This process's device: `cuda:LOCAL_RANK` under torchrun on CUDA."""
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if device_type == "cuda" else "cpu"
 
     @property
     def main(self) -> bool:
