@@ -254,3 +254,23 @@ def test_eval_harness(dirs, manifest, tmp_path):
 def test_normaliser():
     assert evaluation.normalise("  The QUICK, brown fox -- don't!  ") == "the quick brown fox dont"
     assert evaluation.error_rates(["Hello, world."], ["hello world"])["wer"] == 0
+
+
+def test_result_store_repairs_what_a_run_left(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    rows = [
+        {"audio_filepath": "a.wav", "text": "first"},
+        {"audio_filepath": "b.wav", "error": "could not read"},
+        {"audio_filepath": "a.wav", "text": "again"},
+        {"audio_filepath": "c.wav", "text": "c"},
+    ]
+    lines = [json.dumps(r) for r in rows]
+    path.write_text(
+        "\n".join(lines[:2] + ["not json", *lines[2:]]) + '\n{"audio_filepath": "d.wav"'
+    )
+    store = ResultStore(path)
+    assert store.load() == {"a.wav", "c.wav"}
+    assert read_rows(path) == [rows[0], rows[3]]
+    store.append([{"audio_filepath": "d.wav", "text": "d"}])
+    assert store.load() == {"a.wav", "c.wav", "d.wav"}
+    assert ResultStore(tmp_path / "missing.jsonl").load() == set()

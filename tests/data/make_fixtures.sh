@@ -12,6 +12,8 @@
 #   short_22k.wav    the short sentence at 22050 Hz, 26874 samples (~1.22 s), to test resampling
 #   fox_stereo.flac  38400 frames, 2 channels: left = fox_16k.wav, right = the same sentence in
 #                    a different voice, to test the downmix
+# manifest.jsonl (written by hand, not by this script): a NeMo manifest of these clips with
+# their sentences, capitalised and punctuated, as references (`nox -s eval`'s default).
 set -euo pipefail
 cd "$(dirname "$0")"
 tmp=$(mktemp -d)
