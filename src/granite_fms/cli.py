@@ -426,6 +426,9 @@ def _eval(args: argparse.Namespace) -> int:
     if missing or not items:
         raise UsageError(f"--manifest {args.manifest}: rows without a reference `text`: {missing}")
     args.compile = False  # the modes say how to generate
+    from granite_fms.provenance import provenance
+
+    origin = provenance()  # before the run: the code that ran, whatever changes during it
     pipe = load_pipeline(args, Ranks.local_device(args.device_type))
     items = dataset.probe(items)
     batches = dataset.plan_batches(items, args.batch_size, args.chunk_length)
@@ -472,7 +475,7 @@ def _eval(args: argparse.Namespace) -> int:
         }
         texts[mode] = {r["audio_filepath"]: r["text"] for r in good}
 
-    report = _report(args, pipe, items, modes, texts)
+    report = _report(args, pipe, items, modes, texts, origin)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
@@ -505,12 +508,11 @@ def _timed_pass(
     return wall, rows
 
 
-def _report(args, pipe, items, modes, texts) -> dict[str, Any]:
-    from granite_fms.provenance import provenance
-
+def _report(args, pipe, items, modes, texts, origin) -> dict[str, Any]:
     manifest = Path(args.manifest)
     report: dict[str, Any] = {
-        "model": args.model_path or f"variant {args.variant} (random weights)",
+        "model": args.model_path or f"variant {args.variant}",
+        "random_weights": args.model_path is None,
         "manifest": {
             "path": str(manifest),
             "sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
@@ -532,7 +534,7 @@ def _report(args, pipe, items, modes, texts) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(),
         },
         "modes": modes,
-        "provenance": provenance(),
+        "provenance": origin,
     }
     if len(texts) > 1:
         keys = set.intersection(*(set(t) for t in texts.values()))

@@ -75,6 +75,12 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {name} | {100 * m['wer']:.2f} | {100 * m['cer']:.2f} | {m['rtfx']:.1f} | "
             f"{m['tokens_per_s']:.1f} | {m['wall_s']:.1f} | {warmup} | {m['failed']} |"
         )
+    if report["random_weights"]:
+        lines += [
+            "",
+            "Random weights (`--variant`): the texts, and so WER and CER, mean nothing; the "
+            "speed is that of decoding every clip's whole budget (such a model rarely stops).",
+        ]
     if "same_text" in report:
         lines += ["", f"Clips with the same text in every mode: {report['same_text']}."]
     lines += [
