@@ -429,6 +429,7 @@ def _eval(args: argparse.Namespace) -> int:
     from granite_fms.provenance import provenance
 
     origin = provenance()  # before the run: the code that ran, whatever changes during it
+    load_before = os.getloadavg()
     pipe = load_pipeline(args, Ranks.local_device(args.device_type))
     items = dataset.probe(items)
     batches = dataset.plan_batches(items, args.batch_size, args.chunk_length)
@@ -476,6 +477,8 @@ def _eval(args: argparse.Namespace) -> int:
         texts[mode] = {r["audio_filepath"]: r["text"] for r in good}
 
     report = _report(args, pipe, items, modes, texts, origin)
+    # On a shared machine other work moves the timings: the load says how much there was.
+    report["settings"]["load_average"] = {"before": load_before, "after": os.getloadavg()}
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")

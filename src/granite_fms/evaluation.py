@@ -90,7 +90,8 @@ def markdown(report: dict[str, Any]) -> str:
         "mode's timed pass follows a warm-up pass over the same clips (compiles every bucket).",
         "",
         "Settings: "
-        + ", ".join(f"`{k}={v}`" for k, v in report["settings"].items() if k not in ("device",)),
+        + ", ".join(f"`{k}={v}`" for k, v in report["settings"].items() if k not in ("device",))
+        + " (load average: 1, 5 and 15 min, before and after the run).",
     ]
     return "\n".join(lines) + "\n"
 
