@@ -274,3 +274,22 @@ def test_result_store_repairs_what_a_run_left(tmp_path):
     store.append([{"audio_filepath": "d.wav", "text": "d"}])
     assert store.load() == {"a.wav", "c.wav", "d.wav"}
     assert ResultStore(tmp_path / "missing.jsonl").load() == set()
+
+
+def test_bad_manifests_and_clashing_names_exit_2(dirs, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"audio_filepath": "a.wav"}\n{"text": "no path"}\n')
+    unscored = tmp_path / "unscored.jsonl"
+    unscored.write_text('{"audio_filepath": "a.wav"}\n')
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        shutil.copy(DATA / "short_16k.wav", tmp_path / sub / "same.wav")
+    model = ["--model_path", str(dirs[1])]
+    cases = [
+        (["transcribe", str(bad), *model], f"{bad}:2: needs a string 'audio_filepath'"),
+        (["transcribe", str(tmp_path / "x"), str(tmp_path / "y"), *model], "would both write"),
+        (["eval", "--manifest", str(unscored), "--output", "r.json", *model], "without a refer"),
+    ]
+    for argv, message in cases:
+        assert cli.main(argv) == 2
+        assert message in capsys.readouterr().err
