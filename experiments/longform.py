@@ -17,7 +17,7 @@ machine's CPU:
 The machine's load average is recorded before and after: on a shared machine it moves the
 absolute times a lot, the round-robin ratio much less.
 
-Usage: python experiments/longform.py [--out results] [--repeats 3] [--reps 3]
+Usage: python experiments/longform.py [--out results] [--repeats 3] [--reps 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -170,12 +170,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="results", help="output directory (default: results)")
     parser.add_argument("--repeats", type=int, default=3, help="sentence rounds per half")
-    parser.add_argument("--reps", type=int, default=3, help="timed calls per mode")
+    parser.add_argument("--reps", type=int, default=5, help="timed calls per mode")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a busy machine two threads spin-waiting on each "
+        "other can cost ten times the CPU time of one call)",
+    )
     args = parser.parse_args(argv)
 
     from granite_fms.testing import random_pipeline
 
     torch.set_grad_enabled(False)
+    torch.set_num_threads(args.threads)
     # Random weights run every window to its budget: one warning per window says nothing here.
     logging.getLogger("granite_fms.pipeline").setLevel(logging.ERROR)
     start = time.perf_counter()
