@@ -90,9 +90,17 @@ def markdown(report: dict[str, Any]) -> str:
         "mode's timed pass follows a warm-up pass over the same clips (compiles every bucket).",
         "",
         "Settings: "
-        + ", ".join(f"`{k}={v}`" for k, v in report["settings"].items() if k not in ("device",))
-        + " (load average: 1, 5 and 15 min, before and after the run).",
+        + ", ".join(
+            f"`{k}={v}`"
+            for k, v in report["settings"].items()
+            if k not in ("device", "load_average")
+        )
+        + ".",
     ]
+    load = report["settings"].get("load_average")
+    if load:
+        before, after = ("/".join(f"{x:.1f}" for x in load[k]) for k in ("before", "after"))
+        lines += ["", f"Load average (1, 5, 15 min): {before} before the run, {after} after."]
     return "\n".join(lines) + "\n"
 
 
