@@ -293,3 +293,42 @@ def test_bad_manifests_and_clashing_names_exit_2(dirs, tmp_path, capsys):
     for argv, message in cases:
         assert cli.main(argv) == 2
         assert message in capsys.readouterr().err
+
+
+def test_distributed_tensor_parallel_gives_the_rows_of_one(dirs, manifest, tmp_path):
+    """`--distributed`: the LLM sharded over 2 ranks (TP), every rank runs every clip, rank 0
+    writes; the rows equal one process's. Also --quantize and --compile_cache are accepted."""
+    argv = ["transcribe", str(manifest), "--model_path", str(dirs[1]), *FAST]
+    argv += ["--output_format", "jsonl", "--batch_size", "2"]
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    assert cli.main([*argv, "--output", str(one)]) == 0
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    done = subprocess.run(
+        [*run, "-m", "granite_fms.cli", *argv, "--output", str(two), "--distributed"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_rows(two)
+    assert {r["timing"]["rank"] for r in rows} == {0}
+    assert len(rows) == 4 and untimed(rows) == untimed(read_rows(one))
+
+
+def test_quantize_and_compile_cache_flags(dirs, manifest, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "before"))  # restored after
+    argv = ["transcribe", str(manifest), "--model_path", str(dirs[1]), *FAST]
+    argv += [
+        "--output_format",
+        "jsonl",
+        "--output",
+        str(tmp_path / "q.jsonl"),
+        "--quantize",
+        "int8",
+    ]
+    argv += ["--compile", "--compile_backend", "eager", "--compile_cache", str(tmp_path / "cc")]
+    assert cli.main(argv) == 0
+    assert len(read_rows(tmp_path / "q.jsonl")) == 4
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "cc").resolve())

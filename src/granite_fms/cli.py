@@ -27,6 +27,7 @@ import torch
 
 from granite_fms import dataset, evaluation, longform, writers
 from granite_fms.dataset import Item, Ranks, Request, ResultStore
+from granite_fms.generation import Generator
 from granite_fms.pipeline import SpeechPipeline, read_eos_token_ids
 
 logger = logging.getLogger("granite_fms.cli")
@@ -88,7 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
         default="inductor",
         help="torch.compile backend (default inductor; aot_eager or eager to debug the graphs)",
     )
-    # More compile flags (--compile_cache DIR: a persistent compile cache) belong here.
+    group.add_argument(
+        "--compile_cache",
+        metavar="DIR",
+        help="root of Inductor's on-disk compile caches: a later run that compiles the same "
+        "graphs loads them (a warm start) instead of generating code",
+    )
+    group.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="int8 weight-only LLM linear layers (torchao), applied after loading",
+    )
+    group.add_argument(
+        "--distributed",
+        action="store_true",
+        help="tensor parallel under torchrun (FMS's TensorParallelStrategy): every rank holds "
+        "a shard of the LLM and all ranks run the same batches; without it, torchrun's ranks "
+        "each hold a whole model and share out the clips",
+    )
 
     decoding = argparse.ArgumentParser(add_help=False)
     group = decoding.add_argument_group("decoding")
@@ -242,7 +260,12 @@ def load_pipeline(args: argparse.Namespace, device: str) -> SpeechPipeline:
         if args.model_path:
             if not Path(args.model_path).is_dir():
                 raise UsageError(f"--model_path {args.model_path} is not a directory")
-            pipe = SpeechPipeline.from_pretrained(args.model_path, dtype=dtype, device=device)
+            pipe = SpeechPipeline.from_pretrained(
+                args.model_path,
+                dtype=dtype,
+                device=device,
+                distributed_strategy="tp" if args.distributed else None,
+            )
         else:
             if args.variant not in list_variants("granite_speech"):
                 raise UsageError(
@@ -262,9 +285,15 @@ def load_pipeline(args: argparse.Namespace, device: str) -> SpeechPipeline:
         raise UsageError(f"could not load the model: {e}") from e
     if pipe.tokenizer is None:
         raise UsageError(f"{args.model_path} has no tokenizer files; pass --tokenizer DIR")
+    if args.quantize:
+        pipe.generator = Generator(pipe.model, compile=False, quantize=args.quantize)
     if args.compile:
-        pipe.compile(mode=args.compile_mode, backend=args.compile_backend)
+        _compile(pipe, args)
     return pipe
+
+
+def _compile(pipe: SpeechPipeline, args: argparse.Namespace) -> None:
+    pipe.compile(mode=args.compile_mode, backend=args.compile_backend, cache_dir=args.compile_cache)
 
 
 def _request(args: argparse.Namespace) -> Request:
@@ -305,10 +334,16 @@ def _transcribe(args: argparse.Namespace) -> int:
     items = _collect(args.inputs)
     if formats:
         _check_names(items)
-    # The model is loaded before joining torchrun's group: FMS's get_model (--variant) would
-    # shard it over the group's ranks (tensor parallel); here every rank holds a whole model.
-    pipe = load_pipeline(args, Ranks.local_device(args.device_type))
-    ranks = Ranks.from_env(args.device_type)
+    if args.distributed:  # tensor parallel: join the group first, then load a shard
+        ranks = Ranks.tensor_parallel(args.device_type)
+        if not args.model_path:
+            raise UsageError("--distributed needs --model_path (a checkpoint to shard)")
+        pipe = load_pipeline(args, ranks.device)
+    else:
+        # Loaded before joining torchrun's group: FMS's get_model (--variant) would shard it
+        # over the group's ranks; here every rank holds a whole model and takes its own clips.
+        pipe = load_pipeline(args, Ranks.local_device(args.device_type))
+        ranks = Ranks.from_env(args.device_type)
     try:
         return _run_items(args, pipe, ranks, request, items, jsonl, formats)
     finally:
@@ -413,7 +448,6 @@ class _Progress:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from granite_fms.generation import Generator
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("eval runs in one process (its timings compare modes on one device)")
@@ -439,7 +473,7 @@ def _eval(args: argparse.Namespace) -> int:
     failed = 0
     for mode in args.modes:
         if mode == "compiled":
-            pipe.compile(mode=args.compile_mode, backend=args.compile_backend)
+            _compile(pipe, args)
         else:
             pipe.generator = Generator(pipe.model, compile=False)
         warmup = None

@@ -210,6 +210,7 @@ class Ranks:
     rank: int = 0
     world: int = 1
     device: str = "cpu"
+    sharded_model: bool = False  # tensor parallel: every rank runs every clip, rank 0 writes
 
     @classmethod
     def from_env(cls, device_type: str) -> "Ranks":
@@ -224,6 +225,16 @@ class Ranks:
         _, device = init_distributed(device_type)
         return cls(dist.get_rank(), dist.get_world_size(), str(device))
 
+    @classmethod
+    def tensor_parallel(cls, device_type: str) -> "Ranks":
+        """Join torchrun's group for a model sharded over all its ranks (`--distributed`)."""
+        import torch.distributed as dist
+
+        from granite_fms.distributed import init_distributed
+
+        _, device = init_distributed(device_type)
+        return cls(dist.get_rank(), dist.get_world_size(), str(device), sharded_model=True)
+
     @staticmethod
     def local_device(device_type: str) -> str:
         """This process's device: `cuda:LOCAL_RANK` under torchrun on CUDA."""
@@ -234,6 +245,8 @@ class Ranks:
         return self.rank == 0
 
     def shard(self, items: Sequence[Item]) -> list[Item]:
+        if self.sharded_model:
+            return list(items)
         return list(items[self.rank :: self.world])
 
     def broadcast(self, obj: Any) -> Any:
@@ -247,9 +260,12 @@ class Ranks:
         return box[0]
 
     def gather(self, rows: list) -> list:
-        """Every rank's list, concatenated in rank order, on rank 0 ([] elsewhere)."""
+        """Every rank's list, concatenated in rank order, on rank 0 ([] elsewhere); with a
+        sharded model every rank made the same rows, so rank 0 keeps its own."""
         if self.world == 1:
             return rows
+        if self.sharded_model:
+            return rows if self.main else []
         import torch.distributed as dist
 
         out = [None] * self.world if self.main else None
