@@ -9,20 +9,24 @@ misshapen tensors with the file they came from.
 The head is tied to the embeddings by the top-level `tie_word_embeddings` of the checkpoint's
 config, as in transformers (`text_config.tie_word_embeddings` is not read); a checkpoint whose
 tensors contradict that setting is refused.
+
+transformers is imported only when a config is read: `import granite_fms` does not import it.
 """
 
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
 import json
 import logging
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from fms.models.granite import GraniteConfig
-from fms.models.hf.config_utils import _FMS_MODEL_CONFIG_REGISTRY
-from fms.models.hf.config_utils import param_builders as pb
 from fms.utils import serialization
 from safetensors import SafetensorError, safe_open
-from transformers import AutoConfig, PretrainedConfig
 
 from granite_fms.conformer import ConformerConfig
 from granite_fms.distributed import check_strategy, load_sharded, strategy_from_name
@@ -34,6 +38,9 @@ from granite_fms.granite_speech import (
     missing_hint,
 )
 from granite_fms.qformer import QFormerConfig
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +80,8 @@ def read_hf_config(model_dir: str | Path) -> PretrainedConfig:
             f"{path} is for model_type {model_type!r}, not Granite Speech "
             f"({' or '.join(map(repr, HF_ARCHITECTURES))})"
         )
+    from transformers import AutoConfig
+
     return AutoConfig.from_pretrained(model_dir, local_files_only=True)
 
 
@@ -184,6 +193,8 @@ def fms_config_from_hf(
     enc, proj = hf_config.encoder_config, hf_config.projector_config
     if getattr(proj, "use_qformer_text_input", False):
         raise ValueError("projector_config.use_qformer_text_input=True is not supported")
+    from fms.models.hf.config_utils import param_builders as pb
+
     text_params = pb.build_granite_params(text)
     # transformers ties lm_head by the top-level flag; the text config's own is not read.
     tie = bool(hf_config.tie_word_embeddings)
@@ -253,19 +264,51 @@ def _build_params_for_get_model(hf_config: PretrainedConfig) -> dict:
     return {k: getattr(config, k) for k in config.__dataclass_fields__}
 
 
-for _hf_arch in HF_ARCHITECTURES.values():
-    _previous = _FMS_MODEL_CONFIG_REGISTRY.model_arch_mappings.get(_hf_arch)
-    if _previous not in (None, ARCHITECTURE):
-        logger.warning(
-            "get_model('hf_pretrained') maps %s to FMS architecture %r; granite_fms replaces "
-            "that with its own %r",
-            _hf_arch,
-            _previous,
-            ARCHITECTURE,
-        )
-    _FMS_MODEL_CONFIG_REGISTRY.register_model_arch_info(
-        _hf_arch, ARCHITECTURE, _build_params_for_get_model
-    )
+def _register_hf_pretrained(config_utils) -> None:
+    registry = config_utils._FMS_MODEL_CONFIG_REGISTRY
+    for hf_arch in HF_ARCHITECTURES.values():
+        previous = registry.model_arch_mappings.get(hf_arch)
+        if previous not in (None, ARCHITECTURE):
+            logger.warning(
+                "get_model('hf_pretrained') maps %s to FMS architecture %r; granite_fms replaces "
+                "that with its own %r",
+                hf_arch,
+                previous,
+                ARCHITECTURE,
+            )
+        registry.register_model_arch_info(hf_arch, ARCHITECTURE, _build_params_for_get_model)
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Calls `callback(module)` right after the module `name` is first imported.
+
+    FMS's `hf_pretrained` registry (`fms.models.hf.config_utils`) imports transformers, so it is
+    filled when FMS imports it (on the first `get_model("hf_pretrained", ...)`), not here.
+    """
+
+    def __init__(self, name: str, callback):
+        self.name, self.callback = name, callback
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            self.callback(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+_CONFIG_UTILS = "fms.models.hf.config_utils"
+if _CONFIG_UTILS in sys.modules:
+    _register_hf_pretrained(sys.modules[_CONFIG_UTILS])
+else:
+    sys.meta_path.insert(0, _AfterImport(_CONFIG_UTILS, _register_hf_pretrained))
 
 
 def _read_tensors(

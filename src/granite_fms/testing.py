@@ -116,6 +116,97 @@ def _hf_class(model_type: str):
     return transformers.GraniteSpeechForConditionalGeneration
 
 
+def hf_config_from_fms(config):
+    """The transformers `GraniteSpeechConfig` with the shapes of an FMS `GraniteSpeechConfig`.
+
+    The inverse of `granite_fms.checkpoint.fms_config_from_hf`. The LoRA rank and alpha are not
+    part of it: they live in the peft adapter (`save_hf_checkpoint(lora_rank=, lora_alpha=)`).
+    """
+    from transformers import GraniteSpeechConfig
+
+    enc, proj, text = config.encoder_config, config.projector_config, config.text_config
+    if text.head_dim * text.nheads != text.emb_dim:
+        raise ValueError(
+            f"text_config: head_dim {text.head_dim} x nheads {text.nheads} != emb_dim "
+            f"{text.emb_dim}; transformers' Granite derives head_dim from the width"
+        )
+    if proj.llm_dim != text.emb_dim:
+        raise ValueError(f"projector llm_dim {proj.llm_dim} != text emb_dim {text.emb_dim}")
+    return GraniteSpeechConfig(
+        encoder_config=dict(
+            input_dim=enc.input_dim,
+            num_layers=enc.nlayers,
+            hidden_dim=enc.emb_dim,
+            feedforward_mult=int(enc.hidden_grow_factor),
+            num_heads=enc.nheads,
+            dim_head=enc.head_dim,
+            output_dim=enc.output_dim,
+            context_size=enc.context_size,
+            max_pos_emb=enc.max_pos_emb,
+            conv_kernel_size=enc.conv_kernel_size,
+            conv_expansion_factor=enc.conv_expansion_factor,
+        ),
+        projector_config=dict(
+            model_type="blip_2_qformer",
+            hidden_size=proj.emb_dim,
+            encoder_hidden_size=proj.encoder_dim,
+            num_hidden_layers=proj.nlayers,
+            num_attention_heads=proj.nheads,
+            intermediate_size=round(proj.hidden_grow_factor * proj.emb_dim),
+            cross_attention_frequency=proj.cross_attention_frequency,
+            layer_norm_eps=proj.norm_eps,
+        ),
+        text_config=dict(
+            model_type="granite",
+            vocab_size=text.src_vocab_size,
+            hidden_size=text.emb_dim,
+            intermediate_size=round(text.hidden_grow_factor * text.emb_dim),
+            num_hidden_layers=text.nlayers,
+            num_attention_heads=text.nheads,
+            num_key_value_heads=text.kvheads,
+            max_position_embeddings=text.max_expected_seq_len,
+            rms_norm_eps=text.norm_eps,
+            rope_theta=text.rope_theta,
+            embedding_multiplier=text.embedding_multiplier,
+            residual_multiplier=text.residual_multiplier,
+            attention_multiplier=text.attention_multiplier,
+            logits_scaling=text.logits_scaling,
+            tie_word_embeddings=text.tie_heads,
+            pad_token_id=text.pad_id if text.pad_id >= 0 else None,
+        ),
+        window_size=proj.window_size,
+        downsample_rate=proj.downsample_rate,
+        audio_token_index=config.audio_token_index,
+        has_lora_adapter=config.lora_rank > 0,
+        tie_word_embeddings=text.tie_heads,
+    )
+
+
+def variant_config(variant: str = "tiny"):
+    """The FMS config of a registered `granite_speech` variant (`tiny`: the built-in default)."""
+    import granite_fms  # noqa: F401  (registers the architecture)
+    from fms.models import get_model
+
+    return get_model("granite_speech", variant, device_type="meta").config
+
+
+def variant_hf_config(variant: str = "tiny"):
+    """The transformers config with the shapes of a registered variant (`hf_config_from_fms`)."""
+    return hf_config_from_fms(variant_config(variant))
+
+
+def save_variant_checkpoint(path: str | Path, variant: str = "tiny", seed: int = 0):
+    """A random HF checkpoint of a registered variant, with its peft adapter (rank, alpha)."""
+    config = variant_config(variant)
+    return save_hf_checkpoint(
+        path,
+        hf_config_from_fms(config),
+        lora_rank=config.lora_rank or None,
+        lora_alpha=config.lora_alpha,
+        seed=seed,
+    )
+
+
 def _randomize(model: torch.nn.Module, seed: int) -> None:
     """Replace every parameter and float buffer by random values (HF inits many to 0 or 1)."""
     gen = torch.Generator().manual_seed(seed)
