@@ -1,4 +1,9 @@
-"""Reproduce everything: `nox -s bench parity eval docs` (main job) and `nox -s tests`."""
+"""Reproduce everything: `nox -s bench parity eval docs` (the main job) and `nox -s tests`.
+
+Every session installs the package with the exact toolchain the results were produced with
+(`-c constraints.txt`); pyproject.toml only holds compatible lower bounds. Arguments after `--`
+go to every experiment of a session, e.g. `nox -s bench -- --quick`, `nox -s parity -- --full`.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,22 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests"]
 
 PYTHON = "3.11"
+CONSTRAINTS = ("-c", "constraints.txt")
+BENCH = [  # (module, minutes on 2 unloaded cores), in the order they run
+    ("experiments.census", 4),
+    ("experiments.census_generator", 2),
+    ("experiments.latency", 6),
+    ("experiments.ablate_kv_cache", 1),
+    ("experiments.ablate_sdpa", 1),
+    ("experiments.ablate_fused_weights", 1),
+    ("experiments.ablate_freezing", 1),
+    ("experiments.ablate_merge", 1),
+    ("experiments.profile_regions", 1),
+]
 
 
 def _install(session: nox.Session, extras: str) -> None:
-    session.install("-e", f".[{extras}]")
+    session.install(*CONSTRAINTS, "-e", f".[{extras}]")
 
 
 @nox.session(python=PYTHON)
@@ -24,47 +41,49 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff check and format check."""
-    session.install("ruff")
-    session.run("ruff", "check", "src", "tests", "experiments", "tools", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "experiments", "tools", "noxfile.py")
+    session.install(*CONSTRAINTS, "ruff")
+    paths = ("src", "tests", "experiments", "tools", "noxfile.py")
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session(python=PYTHON)
 def parity(session: nox.Session) -> None:
-    """FMS vs HF parity per stage, dtype and config; writes results/parity.{json,md}."""
+    """FMS vs HF parity per stage, dtype and config -> results/runs/parity/."""
     _install(session, "dev")
-    session.run("python", "experiments/parity.py", *session.posargs)
+    session.run("python", "-m", "experiments.parity", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Graph-break census and latency benchmark -> results/{census,latency}.{json,md}, plots."""
-    _install(session, "dev,docs")
-    session.run("python", "experiments/census.py", *session.posargs)
-    session.run("python", "experiments/latency.py", *session.posargs)
+    """Graph-break census, latency, ablations and profile -> results/runs/<experiment>/."""
+    _install(session, "dev")
+    session.log(f"bench: {len(BENCH)} experiments, about {sum(m for _, m in BENCH)} min")
+    for module, _ in BENCH:
+        session.run("python", "-m", module, *session.posargs)
 
 
 @nox.session(python=PYTHON, name="eval")
 def eval_(session: nox.Session) -> None:
-    """WER, CER, RTFx and tokens/s, eager and compiled, -> results/eval.{json,md}, and long-form
-    speed -> results/longform.{json,md}, on the built-in `tiny` variant (random weights: the WER
-    means nothing). With arguments, `granite-fms eval` on them instead, e.g.
-    `nox -s eval -- --model_path DIR --manifest test-clean.jsonl --output results/eval.json`."""
+    """WER, CER, RTFx and tokens/s of `granite-fms eval`, eager and compiled, on the built-in
+    `tiny` variant (random weights: the WER means nothing) -> results/runs/eval/cpu.json, and
+    long-form speed -> results/runs/longform/. With arguments, `granite-fms eval` on them
+    instead, e.g. `nox -s eval -- --model_path DIR --manifest test-clean.jsonl --output F`."""
     _install(session, "dev")
     if session.posargs:
         session.run("granite-fms", "eval", *session.posargs)
         return
     session.run(
         "granite-fms", "eval", "--variant", "tiny", "--device_type", "cpu",
-        "--manifest", "tests/data/manifest.jsonl", "--output", "results/eval.json",
+        "--manifest", "tests/data/manifest.jsonl", "--output", "results/runs/eval/cpu.json",
     )  # fmt: skip
-    session.run("python", "experiments/longform.py")
+    session.run("python", "-m", "experiments.longform")
 
 
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
-    """Regenerate pages from results/, build the site (--strict), check it in Chromium."""
+    """Render results/runs/ and the templates, build the site (--strict), check it in Chromium."""
     _install(session, "dev,docs")
-    session.run("python", "tools/gen_docs.py")
+    session.run("python", "-m", "tools.gen_docs")
     session.run("mkdocs", "build", "--strict")
-    session.run("python", "tools/check_site.py")
+    session.run("python", "-m", "tools.check_site")

@@ -1,4 +1,4 @@
-"""`granite_fms.testing`'s configs of the registered variants, and what `import granite_fms` loads."""
+"""`granite_fms.testing` configs of the registered variants; what `import granite_fms` loads."""
 
 import os
 import subprocess

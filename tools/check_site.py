@@ -1,6 +1,6 @@
 """Check the built site (site/) the way a reader meets it: links, images, a real browser.
 
-    python tools/check_site.py                 # after `mkdocs build --strict`
+    python -m tools.check_site                 # after `mkdocs build --strict`
 
 1. Crawl every HTML page under site/ and resolve every internal href/src against the files in
    site/ (and every #fragment against the ids of the target page). Any miss is a failure.
@@ -37,8 +37,7 @@ SCREENSHOTS = REPO / "docs-screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
-# Pages opened in the browser: (site path, screenshot name). Results pages that exist are
-# added at run time.
+# Pages opened in the browser: (site path, screenshot name); every results page is added.
 BROWSER_PAGES = [
     ("index.html", "home"),
     ("usage/index.html", "usage"),
@@ -47,9 +46,6 @@ BROWSER_PAGES = [
     ("notebooks/walkthrough/index.html", "walkthrough"),
     ("updates/index.html", "updates"),
     ("reference/granite_speech/index.html", "reference-granite_speech"),
-]
-RESULT_PAGES = ["results/index.html"] + [
-    f"results/{name}/index.html" for name in ("parity", "census", "latency", "eval", "longform")
 ]
 
 
@@ -260,11 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         pages = [(rel, name) for rel, name in BROWSER_PAGES if (site / rel).is_file()]
         missing = [rel for rel, _ in BROWSER_PAGES if not (site / rel).is_file()]
         problems += [f"{rel}: expected page not built" for rel in missing]
-        for rel in RESULT_PAGES:
-            if (site / rel).is_file():
-                pages.append((rel, rel.removesuffix("/index.html").replace("/", "-")))
-            else:
-                problems.append(f"{rel}: expected page not built")
+        results = sorted(
+            p.relative_to(site).as_posix() for p in (site / "results").rglob("index.html")
+        )
+        if not results:
+            problems.append("results/: no result page built")
+        pages += [(rel, rel.removesuffix("/index.html").replace("/", "-")) for rel in results]
         server, base_url = serve(site)
         try:
             problems += check_in_browser(

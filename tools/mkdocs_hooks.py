@@ -1,35 +1,37 @@
-"""MkDocs hook: fill the "API reference" nav section from the pages gen_docs.py wrote.
+"""MkDocs hook: fill the "Results" and "API reference" nav sections from the generated pages.
 
-tools/gen_docs.py writes docs/reference/<module>.md for each module of granite_fms that exists,
-so the module list is never typed by hand; this hook puts those pages into the nav, index first.
+tools/gen_docs.py writes docs/results/ (with nav.json: the result pages in order, from
+experiments/report.py) and docs/reference/<module>.md for each module of granite_fms, so neither
+list is typed by hand: a new experiment or module appears in the nav by itself.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from mkdocs.exceptions import PluginError
 
-SECTION = "API reference"
-REFERENCE_DIR = "reference"
+
+def _section(nav: list, name: str, pages: list) -> None:
+    for i, item in enumerate(nav):
+        if isinstance(item, dict) and name in item:
+            nav[i] = {name: pages}
+            return
+    raise PluginError(f"mkdocs.yml nav has no {name!r} entry")
 
 
 def on_config(config, **kwargs):
-    reference = Path(config["docs_dir"]) / REFERENCE_DIR
-    index = reference / "index.md"
-    if not index.is_file():
-        raise PluginError(
-            f"{index} does not exist: run `python tools/gen_docs.py` before `mkdocs build`"
-        )
-    pages = [{"Overview": f"{REFERENCE_DIR}/index.md"}]
-    for page in sorted(reference.glob("*.md")):
-        if page.name != "index.md":
-            pages.append({page.stem: f"{REFERENCE_DIR}/{page.name}"})
+    docs = Path(config["docs_dir"])
+    results, reference = docs / "results" / "nav.json", docs / "reference"
+    for required in (results, reference / "index.md"):
+        if not required.is_file():
+            raise PluginError(f"{required} does not exist: run `python -m tools.gen_docs` first")
     nav = config["nav"] or []
-    for i, item in enumerate(nav):
-        if isinstance(item, dict) and SECTION in item:
-            nav[i] = {SECTION: pages}
-            break
-    else:
-        raise PluginError(f"mkdocs.yml nav has no {SECTION!r} entry for the module pages")
+    _section(nav, "Results", ["results/index.md", *json.loads(results.read_text())])
+    modules = sorted(p for p in reference.glob("*.md") if p.name != "index.md")
+    pages = [{"Overview": "reference/index.md"}] + [
+        {p.stem: f"reference/{p.name}"} for p in modules
+    ]
+    _section(nav, "API reference", pages)
     return config

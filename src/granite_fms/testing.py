@@ -16,37 +16,31 @@ import torch
 
 # Shapes that exercise every code path in seconds: two encoder blocks (so the mid-layer CTC
 # feedback sits between them), a context of 20 frames, windows of 15, GQA in the LLM.
-TINY_ENCODER = dict(
-    input_dim=160,
-    num_layers=2,
-    hidden_dim=32,
-    num_heads=2,
-    dim_head=16,
-    output_dim=12,
-    context_size=20,
-    max_pos_emb=32,
-    conv_kernel_size=5,
-)
-TINY_PROJECTOR = dict(
-    model_type="blip_2_qformer",
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    encoder_hidden_size=32,
-    cross_attention_frequency=1,
-)
-TINY_TEXT = dict(
-    model_type="granite",
-    vocab_size=128,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-    rms_norm_eps=1e-5,
-)
+# fmt: off
+TINY_ENCODER = dict(input_dim=160, num_layers=2, hidden_dim=32, num_heads=2, dim_head=16,
+                    output_dim=12, context_size=20, max_pos_emb=32, conv_kernel_size=5)
+TINY_PROJECTOR = dict(model_type="blip_2_qformer", hidden_size=32, num_hidden_layers=2,
+                      num_attention_heads=4, intermediate_size=64, encoder_hidden_size=32,
+                      cross_attention_frequency=1)
+TINY_TEXT = dict(model_type="granite", vocab_size=128, hidden_size=64, intermediate_size=96,
+                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 max_position_embeddings=512, rms_norm_eps=1e-5)
+# fmt: on
+
+
+# Per release style: text-config overrides and top-level settings. 3.3 uses multipliers of 1
+# (real: 12 / 0.22): with tied embeddings and random weights the real values make greedy
+# decoding repeat the last token, which would test nothing.
+# fmt: off
+_STYLES = {
+    "3.3": (dict(embedding_multiplier=1.0, residual_multiplier=1.0, attention_multiplier=1 / 16,
+                 logits_scaling=8.0, rope_theta=1e7, tie_word_embeddings=True),
+            dict(audio_token_index=127, has_lora_adapter=True, tie_word_embeddings=True)),
+    "4.x": (dict(embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=1 / 16,
+                 logits_scaling=8.0, rope_theta=1e4, tie_word_embeddings=False),
+            dict(audio_token_index=100, has_lora_adapter=False, tie_word_embeddings=False)),
+}
+# fmt: on
 
 
 def tiny_hf_config(
@@ -59,32 +53,10 @@ def tiny_hf_config(
     """
     from transformers import GraniteSpeechConfig, GraniteSpeechPlusConfig
 
-    if style == "3.3":
-        # Multipliers of 1 (real: 12 / 0.22): with tied embeddings and random weights the real
-        # values make greedy decoding repeat the last token, which would test nothing.
-        text = dict(
-            TINY_TEXT,
-            embedding_multiplier=1.0,
-            residual_multiplier=1.0,
-            attention_multiplier=1 / 16,
-            logits_scaling=8.0,
-            rope_theta=1e7,
-            tie_word_embeddings=True,
-        )
-        top = dict(audio_token_index=127, has_lora_adapter=True, tie_word_embeddings=True)
-    elif style == "4.x":
-        text = dict(
-            TINY_TEXT,
-            embedding_multiplier=12.0,
-            residual_multiplier=0.22,
-            attention_multiplier=1 / 16,
-            logits_scaling=8.0,
-            rope_theta=1e4,
-            tie_word_embeddings=False,
-        )
-        top = dict(audio_token_index=100, has_lora_adapter=False, tie_word_embeddings=False)
-    else:
+    if style not in _STYLES:
         raise ValueError(f"style must be '3.3' or '4.x', got {style!r}")
+    text_overrides, top = _STYLES[style]
+    text = dict(TINY_TEXT, **text_overrides)
     kwargs: dict[str, Any] = dict(
         text_config=text,
         encoder_config=dict(TINY_ENCODER),
@@ -116,6 +88,30 @@ def _hf_class(model_type: str):
     return transformers.GraniteSpeechForConditionalGeneration
 
 
+# transformers name -> FMS name, per sub-config (the inverse of checkpoint.fms_config_from_hf).
+# fmt: off
+_ENCODER_NAMES = dict(input_dim="input_dim", num_layers="nlayers", hidden_dim="emb_dim",
+                      num_heads="nheads", dim_head="head_dim", output_dim="output_dim",
+                      context_size="context_size", max_pos_emb="max_pos_emb",
+                      conv_kernel_size="conv_kernel_size",
+                      conv_expansion_factor="conv_expansion_factor")
+_PROJECTOR_NAMES = dict(hidden_size="emb_dim", encoder_hidden_size="encoder_dim",
+                        num_hidden_layers="nlayers", num_attention_heads="nheads",
+                        cross_attention_frequency="cross_attention_frequency",
+                        layer_norm_eps="norm_eps")
+_TEXT_NAMES = dict(vocab_size="src_vocab_size", hidden_size="emb_dim", num_hidden_layers="nlayers",
+                   num_attention_heads="nheads", num_key_value_heads="kvheads",
+                   max_position_embeddings="max_expected_seq_len", rms_norm_eps="norm_eps",
+                   rope_theta="rope_theta", embedding_multiplier="embedding_multiplier",
+                   residual_multiplier="residual_multiplier", logits_scaling="logits_scaling",
+                   attention_multiplier="attention_multiplier", tie_word_embeddings="tie_heads")
+# fmt: on
+
+
+def _renamed(config, names: dict[str, str]) -> dict:
+    return {hf: getattr(config, fms) for hf, fms in names.items()}
+
+
 def hf_config_from_fms(config):
     """The transformers `GraniteSpeechConfig` with the shapes of an FMS `GraniteSpeechConfig`.
 
@@ -132,48 +128,20 @@ def hf_config_from_fms(config):
         )
     if proj.llm_dim != text.emb_dim:
         raise ValueError(f"projector llm_dim {proj.llm_dim} != text emb_dim {text.emb_dim}")
+    encoder = _renamed(enc, _ENCODER_NAMES) | {"feedforward_mult": int(enc.hidden_grow_factor)}
+    projector = _renamed(proj, _PROJECTOR_NAMES) | {
+        "model_type": "blip_2_qformer",
+        "intermediate_size": round(proj.hidden_grow_factor * proj.emb_dim),
+    }
+    llm = _renamed(text, _TEXT_NAMES) | {
+        "model_type": "granite",
+        "intermediate_size": round(text.hidden_grow_factor * text.emb_dim),
+        "pad_token_id": text.pad_id if text.pad_id >= 0 else None,
+    }
     return GraniteSpeechConfig(
-        encoder_config=dict(
-            input_dim=enc.input_dim,
-            num_layers=enc.nlayers,
-            hidden_dim=enc.emb_dim,
-            feedforward_mult=int(enc.hidden_grow_factor),
-            num_heads=enc.nheads,
-            dim_head=enc.head_dim,
-            output_dim=enc.output_dim,
-            context_size=enc.context_size,
-            max_pos_emb=enc.max_pos_emb,
-            conv_kernel_size=enc.conv_kernel_size,
-            conv_expansion_factor=enc.conv_expansion_factor,
-        ),
-        projector_config=dict(
-            model_type="blip_2_qformer",
-            hidden_size=proj.emb_dim,
-            encoder_hidden_size=proj.encoder_dim,
-            num_hidden_layers=proj.nlayers,
-            num_attention_heads=proj.nheads,
-            intermediate_size=round(proj.hidden_grow_factor * proj.emb_dim),
-            cross_attention_frequency=proj.cross_attention_frequency,
-            layer_norm_eps=proj.norm_eps,
-        ),
-        text_config=dict(
-            model_type="granite",
-            vocab_size=text.src_vocab_size,
-            hidden_size=text.emb_dim,
-            intermediate_size=round(text.hidden_grow_factor * text.emb_dim),
-            num_hidden_layers=text.nlayers,
-            num_attention_heads=text.nheads,
-            num_key_value_heads=text.kvheads,
-            max_position_embeddings=text.max_expected_seq_len,
-            rms_norm_eps=text.norm_eps,
-            rope_theta=text.rope_theta,
-            embedding_multiplier=text.embedding_multiplier,
-            residual_multiplier=text.residual_multiplier,
-            attention_multiplier=text.attention_multiplier,
-            logits_scaling=text.logits_scaling,
-            tie_word_embeddings=text.tie_heads,
-            pad_token_id=text.pad_id if text.pad_id >= 0 else None,
-        ),
+        encoder_config=encoder,
+        projector_config=projector,
+        text_config=llm,
         window_size=proj.window_size,
         downsample_rate=proj.downsample_rate,
         audio_token_index=config.audio_token_index,
@@ -184,8 +152,9 @@ def hf_config_from_fms(config):
 
 def variant_config(variant: str = "tiny"):
     """The FMS config of a registered `granite_speech` variant (`tiny`: the built-in default)."""
-    import granite_fms  # noqa: F401  (registers the architecture)
     from fms.models import get_model
+
+    import granite_fms  # noqa: F401  (registers the architecture)
 
     return get_model("granite_speech", variant, device_type="meta").config
 

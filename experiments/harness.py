@@ -1,0 +1,399 @@
+"""What every experiment shares: its command line, provenance, timing, progress, its run file.
+
+A script is a `main()` that measures and writes one JSON per run:
+
+    args = harness.parser(__doc__).parse_args(argv)
+    run = harness.Run("bench_x", harness.scope_of(device, args.model), args, model="...")
+    ... measure ...
+    run.write(rows=[...], evidence={...}, not_measured={...}, headline=[...])
+
+The file is `<out>/<experiment>/<scope>.json` (default out: results/runs; scratch/runs for
+--quick), so a new run of the same scope replaces the old one and git keeps the history.
+`experiments/report.py` renders every run file into the site when the docs are built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "results" / "runs"
+SCRATCH = REPO / "scratch" / "runs"
+CONSTRAINTS = REPO / "constraints.txt"
+CODE_PATHS = ("src", "experiments")  # the code whose uncommitted changes a run's hash covers
+T = TypeVar("T")
+# Hugging Face's own bars (writing and loading checkpoints) would interleave with the run's.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+# ----- command line, scope, run file ---------------------------------------------------------
+
+
+def parser(doc: str | None, device: bool = True) -> argparse.ArgumentParser:
+    """--out and --quick, which every experiment takes, and --device where it can choose."""
+    p = argparse.ArgumentParser(
+        description=(doc or "").split("\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        help=f"runs directory (default {RESULTS.relative_to(REPO)}"
+        f", or {SCRATCH.relative_to(REPO)} with --quick)",
+    )
+    p.add_argument("--quick", action="store_true", help="a smoke run: smaller and faster")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (default: torch's choice; on a "
+        "machine other jobs share, 1 keeps OpenMP threads from waiting on each other)",
+    )
+    if device:
+        p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    return p
+
+
+def device_of(args: argparse.Namespace) -> torch.device:
+    if args.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(args.device)
+
+
+def scope_of(device: torch.device, model: str = "tiny") -> str:
+    """`cpu` for the built-in default on CPU, else e.g. `gpu_8b` or `cpu_2b`."""
+    kind = "gpu" if device.type == "cuda" else device.type
+    return kind if model == "tiny" and kind == "cpu" else f"{kind}_{model.replace('3.3-', '')}"
+
+
+class Run:
+    """One run of an experiment: provenance at the start, a JSON file at the end."""
+
+    def __init__(self, experiment: str, scope: str, args: argparse.Namespace, *, model: str):
+        self.experiment, self.scope, self.model = experiment, scope, model
+        self.quick = bool(getattr(args, "quick", False))
+        if getattr(args, "threads", None):
+            torch.set_num_threads(args.threads)
+        self.out = args.out or (SCRATCH if self.quick else RESULTS)
+        self.provenance = provenance()
+        self.load_start = os.getloadavg()
+        self._start = time.perf_counter()
+
+    def write(self, **payload) -> Path:
+        """rows, evidence (flat), not_measured (key -> reason), headline (evidence keys), ..."""
+        runtime = time.perf_counter() - self._start
+        self.provenance["load_average"] = {"start": self.load_start, "end": os.getloadavg()}
+        record = {
+            "experiment": self.experiment,
+            "scope": self.scope,
+            "model": self.model,
+            "quick": self.quick,
+            "runtime_s": round(runtime, 1),
+            "provenance": self.provenance,
+            **payload,
+        }
+        path = Path(self.out) / self.experiment / f"{self.scope}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1, default=_jsonable) + "\n")
+        print(f"{self.experiment}: wrote {path} in {runtime:.0f} s", flush=True)
+        return path
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path | torch.dtype | torch.device):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class Progress:
+    """A bar over a run's steps, each weighted by its expected seconds (2 unloaded cores), so
+    the time left is estimated from how fast this machine gets through them. `seconds` holds
+    each step's measured time (runs record it, which is how the estimates are calibrated)."""
+
+    def __init__(self, experiment: str, steps: dict[str, float]):
+        self.steps, self.seconds = steps, {}
+        total = sum(steps.values())
+        print(f"{experiment}: {len(steps)} steps, about {total / 60:.1f} min on 2 unloaded cores")
+        fmt = "{desc}: {percentage:3.0f}% | {elapsed} elapsed, about {remaining} left{postfix}"
+        self.bar = tqdm(total=total, desc=experiment, bar_format=fmt, file=sys.stdout)
+        self._last = time.perf_counter()
+
+    def done(self, step: str) -> None:
+        now = time.perf_counter()
+        self.seconds[step] = round(now - self._last, 1)
+        self._last = now
+        self.bar.set_postfix_str(f"{step} took {self.seconds[step]:.0f} s", refresh=False)
+        self.bar.update(self.steps[step])
+        if len(self.seconds) == len(self.steps):
+            self.bar.close()
+
+
+# ----- provenance --------------------------------------------------------------------------
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.decode(errors="replace")
+
+
+def code_diff_sha256() -> str | None:
+    """sha256 of the uncommitted changes to src/ and experiments/ (`git diff HEAD` plus the
+    untracked files there), None for a clean tree: with the commit, it names the code of a run."""
+    diff = subprocess.run(
+        ["git", "diff", "HEAD", "--binary", "--", *CODE_PATHS],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    untracked = _git("ls-files", "--others", "--exclude-standard", "--", *CODE_PATHS) or ""
+    digest = hashlib.sha256(diff)
+    files = sorted(f for f in untracked.splitlines() if "__pycache__" not in f)
+    for name in files:
+        digest.update(name.encode() + b"\0" + (REPO / name).read_bytes())
+    return digest.hexdigest() if diff or files else None
+
+
+def _cpu() -> dict:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    native = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    return {
+        "model": model,
+        "bf16_flags": native,
+        "torch_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without them transformers' bf16 linear layers take slow kernels."""
+    return bool(_cpu()["bf16_flags"])
+
+
+def pins() -> dict[str, str]:
+    """The exact versions in constraints.txt (the toolchain the published results use)."""
+    if not CONSTRAINTS.is_file():
+        return {}
+    out = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        m = re.match(r"^\s*([A-Za-z0-9_.\-\[\]]+)\s*==\s*([^\s;#]+)", line)
+        if m:
+            out[re.sub(r"\[.*\]", "", m[1]).lower()] = m[2]
+    return out
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def provenance() -> dict:
+    """Machine, toolchain (against constraints.txt) and code (commit, hash of the diff)."""
+    pinned = pins()
+    names = sorted(set(pinned) | {"torch", "torchaudio", "transformers", "ibm-fms", "peft"})
+    versions = {name: _version(name) for name in names}
+    status = _git("status", "--porcelain")
+    dirty = [line[3:] for line in status.splitlines()] if status is not None else None
+    gpu = None
+    if torch.cuda.is_available():
+        gpu = {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count()}
+    return {
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": _cpu(),
+            "cpu_count": os.cpu_count(),
+            "cpu_affinity": len(os.sched_getaffinity(0)),
+            "torch_threads": torch.get_num_threads(),
+            "gpu": gpu,
+            "os": platform.platform(terse=True),
+            "python": platform.python_version(),
+        },
+        "versions": versions,
+        "torch_cuda": torch.version.cuda,
+        "constraints": {
+            "sha256": hashlib.sha256(CONSTRAINTS.read_bytes()).hexdigest()
+            if CONSTRAINTS.is_file()
+            else None,
+            "mismatches": {
+                n: {"pinned": v, "installed": versions.get(n)}
+                for n, v in pinned.items()
+                if versions.get(n) != v
+            },
+        },
+        "git": {
+            "commit": (_git("rev-parse", "HEAD") or "").strip() or None,
+            # Content hashes of the committed code: they survive rebases, unlike the commit.
+            "trees": {p: (_git("rev-parse", f"HEAD:{p}") or "").strip() for p in CODE_PATHS},
+            "dirty_paths": dirty,
+            "code_diff_sha256": code_diff_sha256() if dirty else None,
+        },
+        "argv": [Path(sys.argv[0]).name, *sys.argv[1:]],
+    }
+
+
+# ----- timing ------------------------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_result(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:
+    """Seconds for one call, between device synchronisations, and what it returned."""
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - start, out
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    return timed_result(fn, device)[0]
+
+
+def summarize(samples_s: list[float]) -> dict:
+    """Median, p10, p90, min and max in milliseconds, and the number of samples."""
+    ms = np.asarray(samples_s) * 1e3
+    p10, median, p90 = np.percentile(ms, [10, 50, 90])
+    return {
+        "median_ms": float(median),
+        "p10_ms": float(p10),
+        "p90_ms": float(p90),
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
+        "n": int(ms.size),
+    }
+
+
+class Stamps:
+    """Synchronised timestamps taken inside a loop (e.g. once per generated token)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.times = device, []
+
+    def __call__(self) -> None:
+        sync(self.device)
+        self.times.append(time.perf_counter())
+
+    def intervals(self) -> list[float]:
+        return list(np.diff(self.times))
+
+
+@dataclass
+class Task:
+    """One thing to time. `fn` returns None (the call is timed) or, with `inner`, its own list
+    of samples in seconds (e.g. per-token intervals of one generation). `setup` runs untimed
+    before every call. Calls stop at `max_reps`, or at `min_reps` once `budget_s` is spent."""
+
+    fn: Callable[[], object]
+    reps: tuple[int, int, float] = (3, 10, 5.0)  # min, max, budget seconds
+    setup: Callable[[], None] | None = None
+    inner: bool = False
+    samples: list[float] = field(default_factory=list)
+    calls: int = 0
+    spent_s: float = 0.0
+
+    def done(self) -> bool:
+        least, most, budget = self.reps
+        return self.calls >= most or (self.calls >= least and self.spent_s >= budget)
+
+    def run_once(self, device: torch.device) -> None:
+        if self.setup is not None:
+            self.setup()
+        seconds, out = timed_result(self.fn, device)
+        self.samples.extend(out if self.inner else [seconds])
+        self.spent_s += seconds
+        self.calls += 1
+
+
+def round_robin(tasks: dict[Hashable, Task], device: torch.device, warm_up: bool = True) -> dict:
+    """Warm every task up once, then one call of each unfinished task per round, so a slow
+    period of a shared machine falls on every variant alike. Returns name -> summary."""
+    if warm_up:
+        for task in tasks.values():
+            task.fn()
+    while pending := [t for t in tasks.values() if not t.done()]:
+        for task in pending:
+            task.run_once(device)
+    return {name: {"runs": t.calls, **summarize(t.samples)} for name, t in tasks.items()}
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA `max_memory_allocated`, or on CPU the process's peak
+    resident set (VmHWM, reset through /proc/self/clear_refs; Linux only). `growth_mb` is the
+    peak minus the level at entry."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.kind = "cuda_max_memory_allocated" if device.type == "cuda" else "process_vm_hwm"
+        self.peak_mb = self.growth_mb = None
+        self._start = 0.0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            sync(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device) / 2**20
+        else:
+            Path("/proc/self/clear_refs").write_text("5")
+            self._start = _status_mb("VmRSS")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            sync(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self.peak_mb = _status_mb("VmHWM")
+        self.growth_mb = self.peak_mb - self._start
+
+    def row(self) -> dict:
+        return {"peak_mb": self.peak_mb, "growth_mb": self.growth_mb, "kind": self.kind}
+
+
+def _status_mb(name: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {name}")
+
+
+def copy_bandwidth_gbs(device: torch.device, nbytes: int = 2**31, reps: int = 10) -> float:
+    """Device memory bandwidth from a large device-to-device copy: (read + write) / time."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    samples = [timed(lambda: dst.copy_(src), device) for _ in range(reps)]
+    return 2 * nbytes / float(np.median(samples)) / 1e9

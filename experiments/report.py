@@ -1,0 +1,101 @@
+"""The run files rendered for the site: result pages, plots, and the values pages quote.
+
+    python -m experiments.report [--runs results/runs] [--out docs/results]
+
+Reads every `<runs>/<experiment>/<scope>.json` and writes into `<out>`: one page per group of
+experiments (PAGES; any other experiment gets a page of its own, rendered generically from its
+`rows` and `evidence`), the plots, `index.md` (every run with its machine, date, commit and
+headline values), the raw run files, and `evidence.json`: {experiment: {scope: {key: value}}},
+where a key a run lists under `not_measured` reads "not measured: <reason>". tools/gen_docs.py
+calls `build()` when the docs are built; a page that quotes a key no run file has fails there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from experiments.harness import REPO, RESULTS
+from experiments.pages import PAGES, RENDER, generic_lines, page_of, runs_table, where
+
+OUT = REPO / "docs" / "results"
+
+
+def load_runs(runs: Path) -> dict[str, dict[str, dict]]:
+    out: dict[str, dict[str, dict]] = {}
+    for path in sorted(runs.glob("*/*.json")):
+        run = json.loads(path.read_text())
+        run["_file"] = path.relative_to(runs).as_posix()
+        out.setdefault(run["experiment"], {})[run["scope"]] = run
+    return out
+
+
+def evidence(runs: dict) -> dict:
+    out: dict = {}
+    for experiment, scopes in runs.items():
+        for scope, run in scopes.items():
+            values = dict(run.get("evidence") or {})
+            values.update(
+                {k: f"not measured: {why}" for k, why in (run.get("not_measured") or {}).items()}
+            )
+            out.setdefault(experiment, {})[scope] = values
+    return out
+
+
+def build(runs_dir: Path = RESULTS, out: Path = OUT) -> dict:
+    """Write the pages; returns `evidence` (experiment -> scope -> key -> value) and `runs`
+    (experiment -> scope -> where it ran: `where`, `machine`, `model`, `date`, `code`)."""
+    from experiments.plots import write_plots
+
+    runs = load_runs(runs_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(runs_dir, out / "runs")
+    page_of_experiment = page_of(runs)
+    grouped = {e for _, members in PAGES.values() for e in members}
+    pages = {**PAGES, **{e: (e, [e]) for e in runs if e not in grouped}}
+    nav = []
+    for page, (title, experiments) in pages.items():
+        present = [runs[e][s] for e in experiments if e in runs for s in runs[e]]
+        if not present:
+            continue
+        lines = ["---", "hide:", "  - navigation", "---", "", f"# {title}", ""]
+        for run in present:
+            lines += RENDER.get(run["experiment"], generic_lines)(run)
+        lines += write_plots(page, present, out / "plots")
+        (out / f"{page}.md").write_text("\n".join(lines) + "\n")
+        nav.append({title: f"results/{page}.md"})
+    index = [
+        "# Results",
+        "",
+        "Every number on this site comes from a run file in `results/runs/`, "
+        "written by a script in `experiments/` with the machine, toolchain and code it ran "
+        "on; these pages are rendered from them when the site is built.",
+        "",
+    ]
+    all_runs = [r for scopes in runs.values() for r in scopes.values()]
+    index += runs_table(all_runs, {e: f"{p}.md" for e, p in page_of_experiment.items()})
+    (out / "index.md").write_text("\n".join(index) + "\n")
+    (out / "nav.json").write_text(json.dumps(nav) + "\n")  # read by tools/mkdocs_hooks.py
+    values = evidence(runs)
+    (out / "evidence.json").write_text(json.dumps(values, indent=1) + "\n")
+    where_run = {e: {s: where(r) for s, r in scopes.items()} for e, scopes in runs.items()}
+    return {"evidence": values, "runs": where_run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--runs", type=Path, default=RESULTS, help="run files (default results/runs)"
+    )
+    parser.add_argument("--out", type=Path, default=OUT, help="pages (default docs/results)")
+    args = parser.parse_args(argv)
+    build(args.runs, args.out)
+    print(f"report: wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
