@@ -15,14 +15,10 @@ The file is `<out>/<experiment>/<scope>.json` (default out: results/runs; scratc
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Hashable
@@ -150,23 +146,15 @@ class Progress:
 
 
 def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, check=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.decode(errors="replace")
+    from granite_fms import provenance as base
+
+    return base._git(*args)
 
 
 def code_diff_sha256() -> str | None:
     """sha256 of the uncommitted changes to src/ and experiments/ (`git diff HEAD` plus the
     untracked files there), None for a clean tree: with the commit, it names the code of a run."""
-    diff = subprocess.run(
-        ["git", "diff", "HEAD", "--binary", "--", *CODE_PATHS],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-        timeout=60,
-    ).stdout
+    diff = (_git("diff", "HEAD", "--binary", "--", *CODE_PATHS) or "").encode()
     untracked = _git("ls-files", "--others", "--exclude-standard", "--", *CODE_PATHS) or ""
     digest = hashlib.sha256(diff)
     files = sorted(f for f in untracked.splitlines() if "__pycache__" not in f)
@@ -175,28 +163,21 @@ def code_diff_sha256() -> str | None:
     return digest.hexdigest() if diff or files else None
 
 
-def _cpu() -> dict:
-    model, flags = platform.processor() or platform.machine(), set()
+def cpu_bf16_flags() -> list[str]:
+    """The CPU's native bf16 instructions (AVX512-BF16, AMX) from /proc/cpuinfo: without them
+    transformers' bf16 linear layers take slow kernels."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
+            if key.strip() == "flags":
+                return sorted(set(value.split()) & {"avx512_bf16", "amx_bf16"})
     except OSError:
         pass
-    native = sorted(flags & {"avx512_bf16", "amx_bf16"})
-    return {
-        "model": model,
-        "bf16_flags": native,
-        "torch_capability": torch.backends.cpu.get_cpu_capability(),
-    }
+    return []
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: without them transformers' bf16 linear layers take slow kernels."""
-    return bool(_cpu()["bf16_flags"])
+    return bool(cpu_bf16_flags())
 
 
 def pins() -> dict[str, str]:
@@ -211,55 +192,28 @@ def pins() -> dict[str, str]:
     return out
 
 
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def provenance() -> dict:
-    """Machine, toolchain (against constraints.txt) and code (commit, hash of the diff)."""
+    """`granite_fms.provenance` (machine, versions, git state with the hash of the whole diff),
+    plus what the experiments need: the toolchain against constraints.txt, the CPU's native bf16
+    and Torch's CPU capability, the content hashes of src/ and experiments/ (they survive
+    rebases, unlike the commit) and the hash of their uncommitted changes."""
+    from granite_fms import provenance as base
+
+    p = base.provenance()
     pinned = pins()
-    names = sorted(set(pinned) | {"torch", "torchaudio", "transformers", "ibm-fms", "peft"})
-    versions = {name: _version(name) for name in names}
-    status = _git("status", "--porcelain")
-    dirty = [line[3:] for line in status.splitlines()] if status is not None else None
-    gpu = None
-    if torch.cuda.is_available():
-        gpu = {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count()}
-    return {
-        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu": _cpu(),
-            "cpu_count": os.cpu_count(),
-            "cpu_affinity": len(os.sched_getaffinity(0)),
-            "torch_threads": torch.get_num_threads(),
-            "gpu": gpu,
-            "os": platform.platform(terse=True),
-            "python": platform.python_version(),
-        },
-        "versions": versions,
-        "torch_cuda": torch.version.cuda,
-        "constraints": {
-            "sha256": hashlib.sha256(CONSTRAINTS.read_bytes()).hexdigest()
-            if CONSTRAINTS.is_file()
-            else None,
-            "mismatches": {
-                n: {"pinned": v, "installed": versions.get(n)}
-                for n, v in pinned.items()
-                if versions.get(n) != v
-            },
-        },
-        "git": {
-            "commit": (_git("rev-parse", "HEAD") or "").strip() or None,
-            # Content hashes of the committed code: they survive rebases, unlike the commit.
-            "trees": {p: (_git("rev-parse", f"HEAD:{p}") or "").strip() for p in CODE_PATHS},
-            "dirty_paths": dirty,
-            "code_diff_sha256": code_diff_sha256() if dirty else None,
-        },
-        "argv": [Path(sys.argv[0]).name, *sys.argv[1:]],
+    p["versions"].update({name: base._version(name) for name in pinned})
+    mismatches = {
+        n: {"pinned": v, "installed": p["versions"][n]}
+        for n, v in pinned.items()
+        if p["versions"][n] != v
     }
+    digest = hashlib.sha256(CONSTRAINTS.read_bytes()).hexdigest() if pinned else None
+    p["constraints"] = {"sha256": digest, "mismatches": mismatches}
+    p["device"]["cpu_bf16_flags"] = cpu_bf16_flags()
+    p["device"]["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    p["git"]["trees"] = {d: (_git("rev-parse", f"HEAD:{d}") or "").strip() for d in CODE_PATHS}
+    p["git"]["code_diff_sha256"] = code_diff_sha256() if p["git"]["dirty"] else None
+    return p
 
 
 # ----- timing ------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ PAGES = {
     "latency": ("Latency", ["latency"]),
     "ablations": ("Ablations", [f"ablate_{name}" for name in ABLATIONS]),
     "profile": ("Profile of the compiled regions", ["profile_regions"]),
+    "eval": ("Transcription: WER and RTFx", ["eval"]),
+    "longform": ("Long-form speed", ["longform"]),
 }
 MODES = list(MODE_NOTES)
 
@@ -66,17 +68,20 @@ def code_state(run: dict) -> str:
     code = [p for p in git.get("dirty_paths") or [] if p.startswith(("src/", "experiments/"))]
     if git.get("code_diff_sha256"):
         return f"{commit} + uncommitted changes, diff sha256 {git['code_diff_sha256'][:12]}"
+    if code and git.get("diff_sha256"):
+        return f"{commit} + uncommitted changes, diff sha256 {git['diff_sha256'][:12]} (whole tree)"
     if code:
         return f"{commit} (dirty: uncommitted changes to src/ or experiments/, no diff hash)"
     return commit
 
 
 def machine(run: dict) -> str:
-    m = run["provenance"]["machine"]
-    if m.get("gpu"):
-        return f"{m['gpu']['name']} (host CPU {m['cpu']['model']})"
-    bf16 = "native bf16" if m["cpu"].get("bf16_flags") else "no native bf16"
-    return f"CPU {m['cpu']['model']} ({bf16}), {m['torch_threads']} threads"
+    d = run["provenance"]["device"]
+    if d.get("gpu"):
+        return f"{d['gpu']['name']} (host CPU {d['cpu']})"
+    flags = d.get("cpu_bf16_flags")
+    bf16 = "" if flags is None else ", native bf16" if flags else ", no native bf16"
+    return f"CPU {d['cpu']}{bf16}, {d['torch_threads']} threads"
 
 
 def provenance_line(run: dict) -> str:
@@ -87,7 +92,7 @@ def provenance_line(run: dict) -> str:
     pins = "pins: as constraints.txt" if mismatch == {} else f"pins differ: {mismatch}"
     if mismatch is None:
         pins = "pins: not recorded"
-    cores = p["machine"].get("cpu_affinity") or 1
+    cores = p["device"].get("cpu_affinity") or 1
     busy = load.get("start", [0])[0] > cores or load.get("end", [0])[0] > cores
     trees = ", ".join(f"{k}/ tree {v[:10]}" for k, v in (p["git"].get("trees") or {}).items())
     line = (

@@ -24,12 +24,48 @@ OUT = REPO / "docs" / "results"
 
 
 def load_runs(runs: Path) -> dict[str, dict[str, dict]]:
+    """experiment -> scope -> run file (`adopt`ed if another tool wrote it)."""
     out: dict[str, dict[str, dict]] = {}
     for path in sorted(runs.glob("*/*.json")):
         run = json.loads(path.read_text())
+        run = run if "experiment" in run else adopt(path, run)
         run["_file"] = path.relative_to(runs).as_posix()
         out.setdefault(run["experiment"], {})[run["scope"]] = run
     return out
+
+
+def flat(data: dict, prefix: str = "") -> dict:
+    """Nested dicts as one dict of scalars, keys joined by "_" (lists are left out)."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}_"))
+        elif not isinstance(value, list):
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def adopt(path: Path, data: dict) -> dict:
+    """A JSON with provenance that another tool wrote into runs/ (`granite-fms eval --output
+    results/runs/eval/cpu.json`): experiment and scope from its path, its scalars as evidence,
+    its `items` as rows."""
+    load = (data.get("settings") or {}).get("load_average") or {}
+    provenance = dict(
+        data["provenance"],
+        load_average={"start": load.get("before", [0]), "end": load.get("after", [0])},
+    )
+    evidence = flat({k: v for k, v in data.items() if k not in ("provenance", "items")})
+    return {
+        "experiment": path.parent.name,
+        "scope": path.stem,
+        "model": str(data.get("model", "-")),
+        "quick": False,
+        "runtime_s": data.get("runtime_s", 0.0),
+        "provenance": provenance,
+        "rows": [flat(item) for item in data.get("items", [])],
+        "evidence": evidence,
+        "headline": [k for k in evidence if k.endswith(("_wer", "_rtfx"))],
+    }
 
 
 def evidence(runs: dict) -> dict:
