@@ -1,0 +1,81 @@
+"""Audio buckets: padding waste of the compiled audio path, coarse vs fine buckets -> a run file.
+
+    python -m experiments.bench_audio_buckets [--quick]
+
+The audio path (encoder + projector; the merge is outside the graph) over clip lengths of
+0.5-30 s, batch 1: eager on the unpadded clip, and compiled with two bucket policies, today's
+coarse one (200, 400, 800, 1600 encoder frames: 4, 8, 16, 32 s) and a fine one (every 200
+frames, one encoder attention block: 4, 8, 12, ... 32 s). Also the graphs each policy compiles
+over the sweep. The encoder attends within 200-frame blocks, so padding to a multiple of 200
+frames costs only the padded blocks' compute. Decode-step CUDA-graph capture is unaffected:
+the decode graph's shapes depend on the cache, not on the audio bucket.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from experiments import harness
+from experiments.models import Bench, run_bench
+
+SECONDS = (0.5, 2, 4.5, 6, 10, 14, 20, 25, 30)
+POLICIES = {"coarse": (200, 400, 800, 1600), "fine": tuple(range(200, 1601, 200))}
+WHAT = "audio path (encoder + projector), batch 1, compiled per bucket vs eager unpadded"
+HEADLINE = ["worst_compiled_over_eager_coarse", "worst_compiled_over_eager_fine"]
+
+
+def measure(b: Bench) -> dict:
+    from granite_fms.generation import BucketPolicy, Generator
+
+    fm, device = b.fm, b.device
+    seconds = SECONDS[::3] if b.workload.audio_s < 10 else SECONDS
+    counters = {name: CompileCounterWithBackend("inductor") for name in POLICIES}
+    gens = {
+        name: Generator(fm, BucketPolicy(audio_frames=frames), backend=counters[name])
+        for name, frames in POLICIES.items()
+    }
+    dim = fm.config.encoder_config.input_dim
+    rows, ev, tasks = [], {}, {}
+    for s in seconds:
+        n = int(s * 50)
+        x = torch.randn(1, n, dim, device=device)
+        tasks[(s, "eager")] = harness.Task(
+            lambda x=x, n=n: fm.audio_embeddings(x, torch.ones(1, n, dtype=torch.bool)),
+            b.reps["stage"],
+        )
+        for name, gen in gens.items():
+            frames = gen.policy.frames(n)
+            xp = torch.zeros(1, frames, dim, device=device)
+            xp[:, :n] = x
+            mask = torch.zeros(1, frames, dtype=torch.bool, device=device)
+            mask[:, :n] = True
+            tasks[(s, name)] = harness.Task(
+                lambda g=gen, a=xp, m=mask: g.encode(a, m), b.reps["stage"]
+            )
+    out = harness.round_robin(tasks, device)  # warm-up compiles each bucket once
+    for (s, variant), summary in out.items():
+        rows.append({"audio_s": s, "variant": variant, **summary})
+    for s in seconds:
+        for name in POLICIES:
+            ratio = out[(s, name)]["median_ms"] / out[(s, "eager")]["median_ms"]
+            ev[f"compiled_over_eager_{name}_{s:g}s"] = ratio
+        ev[f"eager_ms_{s:g}s"] = out[(s, "eager")]["median_ms"]
+    for name in POLICIES:
+        ev[f"graphs_{name}"] = counters[name].frame_count
+        ev[f"worst_compiled_over_eager_{name}"] = max(
+            ev[f"compiled_over_eager_{name}_{s:g}s"] for s in seconds
+        )
+    return {
+        "sweep": f"audio {list(seconds)} s, batch 1",
+        "rows": rows,
+        "evidence": ev,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_bench("bench_audio_buckets", __doc__, argv, measure, what=WHAT, headline=HEADLINE)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
