@@ -86,6 +86,11 @@ def regional_vs_whole_encoder(tmp: Path, reps, layers: int) -> dict:
     torch.manual_seed(0)
     encoder = ConformerEncoder(ConformerConfig(nlayers=layers)).eval()
     projector = QFormerProjector(QFormerConfig()).eval()
+    for module in [*encoder.modules(), *projector.modules()]:
+        if isinstance(module, torch.nn.Linear | torch.nn.Conv1d):  # HF's init (std 0.02):
+            torch.nn.init.normal_(module.weight, std=0.02)  # PyTorch's default overflows
+            if module.bias is not None:  # fp32 through 16 random blocks (NaN outputs)
+                torch.nn.init.zeros_(module.bias)
     frames = 800  # a 10 s clip (500 encoder frames) padded to its bucket
     x = torch.randn(1, frames, 160)
     mask = torch.zeros(1, frames, dtype=torch.bool)
