@@ -88,7 +88,7 @@ def build(runs_dir: Path = RESULTS, out: Path = OUT) -> dict:
     runs = load_runs(runs_dir)
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(runs_dir, out / "runs")
+    shutil.copytree(runs_dir, out / "runs", ignore=shutil.ignore_patterns("*.md"))
     page_of_experiment = page_of(runs)
     grouped = {e for _, members in PAGES.values() for e in members}
     pages = {**PAGES, **{e: (e, [e]) for e in runs if e not in grouped}}

@@ -20,7 +20,7 @@ from experiments.pages import runs_table
 from experiments.report import load_runs
 
 REPO = Path(__file__).resolve().parent.parent
-AREAS = [  # (path prefix, heading): a commit is listed under the first area it touches
+AREAS = [  # (path prefix, heading), the first matching prefix naming a file's area
     ("src/", "Model, loading and generation"),
     ("experiments/", "Experiments"),
     ("results/", "Results"),
@@ -41,7 +41,11 @@ class Commit:
 
     @property
     def area(self) -> str:
-        return next(name for prefix, name in AREAS if any(f.startswith(prefix) for f in self.files))
+        """The part of the repository with the most of the commit's files (first in AREAS on a
+        tie)."""
+        names = [next(name for prefix, name in AREAS if f.startswith(prefix)) for f in self.files]
+        order = list(dict.fromkeys(name for _, name in AREAS))
+        return max(order, key=lambda name: (names.count(name), -order.index(name)))
 
 
 def commits() -> list[Commit]:
