@@ -184,6 +184,16 @@ def test_builtin_default_variant(tmp_path):
     assert len(row["segments"]) == 1 and len(row["segments"][0]["tokens"]) <= 3
 
 
+def _torchrun_cli(argv: list[str]) -> None:
+    """`granite-fms ARGV` in 2 processes under torchrun (gloo); it must exit 0."""
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    done = subprocess.run(
+        [*run, "-m", "granite_fms.cli", *argv], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_two_processes_give_the_rows_of_one(manifest, tmp_path):
     # The built-in default: FMS's get_model would shard it over a process group (tensor
     # parallel), so this also checks that each rank holds a whole model.
@@ -191,16 +201,7 @@ def test_two_processes_give_the_rows_of_one(manifest, tmp_path):
     argv += ["--output_format", "jsonl", "--batch_size", "2"]
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
     assert cli.main([*argv, "--output", str(one)]) == 0
-    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
-    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    done = subprocess.run(
-        [*run, "-m", "granite_fms.cli", *argv, "--output", str(two)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    _torchrun_cli([*argv, "--output", str(two)])
     rows = read_rows(two)
     assert {r["timing"]["rank"] for r in rows} == {0, 1}
     assert len(rows) == 4 and untimed(rows) == untimed(read_rows(one))
@@ -302,16 +303,7 @@ def test_distributed_tensor_parallel_gives_the_rows_of_one(dirs, manifest, tmp_p
     argv += ["--output_format", "jsonl", "--batch_size", "2"]
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
     assert cli.main([*argv, "--output", str(one)]) == 0
-    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
-    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    done = subprocess.run(
-        [*run, "-m", "granite_fms.cli", *argv, "--output", str(two), "--distributed"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    _torchrun_cli([*argv, "--output", str(two), "--distributed"])
     rows = read_rows(two)
     assert {r["timing"]["rank"] for r in rows} == {0}
     assert len(rows) == 4 and untimed(rows) == untimed(read_rows(one))
