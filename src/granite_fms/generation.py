@@ -32,6 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -519,21 +520,22 @@ def _eos_tensor(eos_token_id: int | Sequence[int] | None, device) -> torch.Tenso
 # ----- the two searches: which rows continue, with which tokens --------------------------------
 
 
-class _Search:
+class _Search(Protocol):
+    """How the loop chooses each step's next rows: greedy or beam search."""
+
     def step(self, logits: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B', vocab) of step t -> next tokens (B', 1), and the LLM rows they continue
         (None: each row continues itself)."""
-        raise NotImplementedError
+        ...
 
     def done(self) -> torch.Tensor:
         """True when no further step can change a result (a 0-dim device tensor: no sync)."""
-        raise NotImplementedError
+        ...
 
-    def results(self) -> list[Generation]:
-        raise NotImplementedError
+    def results(self) -> list[Generation]: ...
 
 
-class _Greedy(_Search):
+class _Greedy:
     def __init__(self, rows: int, budget: torch.Tensor, eos: torch.Tensor):
         self.rows, self.budget, self.eos = rows, budget, eos
         self.tokens: list[torch.Tensor] = []
@@ -563,7 +565,7 @@ class _Greedy(_Search):
 _NEG = -1.0e9  # HF's "impossible" score
 
 
-class _BeamSearch(_Search):
+class _BeamSearch:
     """Hugging Face's vectorised beam search (transformers 5.x `_beam_search`, defaults
     `length_penalty=1.0`, `early_stopping=False`), for R requests x K beams, with a budget per
     request. Scores are log-softmax of HF's logits (ours times `logits_scaling`).
