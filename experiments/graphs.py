@@ -23,9 +23,8 @@ from experiments.harness import REPO
 RECOMPILE_LIMIT = 64
 FRAMES_PER_SECOND = 50  # encoder frames (stacked mel frames) per second of audio
 CHECKPOINT = (
-    "random checkpoint written by transformers' classes: tiny_hf_config('3.3') widths with the "
-    "released encoder context (200 frames, max_pos_emb 512), peft LoRA r=4 on q/v, adapter on, "
-    "fp32, CPU"
+    "tiny_hf_config('3.3') widths, the released encoder context (200 frames), peft LoRA r=4 "
+    "(on), random weights written by transformers, fp32"
 )
 
 
