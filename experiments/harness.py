@@ -202,10 +202,10 @@ def provenance() -> dict:
     p = base.provenance()
     pinned = pins()
     p["versions"].update({name: base._version(name) for name in pinned})
+    # A package the session does not install (the docs tools in bench) is no mismatch.
+    installed = {n: p["versions"][n] for n in pinned if p["versions"][n] is not None}
     mismatches = {
-        n: {"pinned": v, "installed": p["versions"][n]}
-        for n, v in pinned.items()
-        if p["versions"][n] != v
+        n: {"pinned": pinned[n], "installed": v} for n, v in installed.items() if v != pinned[n]
     }
     digest = hashlib.sha256(CONSTRAINTS.read_bytes()).hexdigest() if pinned else None
     p["constraints"] = {"sha256": digest, "mismatches": mismatches}

@@ -89,6 +89,8 @@ def provenance_line(run: dict) -> str:
     v = p["versions"]
     versions = ", ".join(f"{k} {v[k]}" for k in ("torch", "transformers", "ibm-fms") if v.get(k))
     mismatch = (p.get("constraints") or {}).get("mismatches")
+    if mismatch is not None:  # a package the session did not install is no mismatch
+        mismatch = {n: m for n, m in mismatch.items() if m["installed"] is not None}
     pins = "pins: as constraints.txt" if mismatch == {} else f"pins differ: {mismatch}"
     if mismatch is None:
         pins = "pins: not recorded"
