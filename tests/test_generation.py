@@ -46,8 +46,14 @@ def _fms_generate(model, ids, feats=None, mask=None, new=6):
     return fms_generate(model, x, feats, mask, new=new, **padding)[0].tolist()
 
 
+STATIC_AUDIO = BucketPolicy(
+    audio_frames=(200, 400, 800, 1600)
+)  # whole 200-frame encoder blocks: 4, 8, 16, 32 s
+
+
 def test_bucket_policy():
-    policy = BucketPolicy()
+    assert [BucketPolicy().frames(n) for n in (1, 201, 1750)] == [1, 201, 1750]  # symbolic
+    policy = STATIC_AUDIO
     assert [policy.frames(n) for n in (1, 200, 201, 1500, 1600)] == [200, 200, 400, 1600, 1600]
     assert policy.frames(1601) == 3200 and policy.frames(4000) == 4800  # longer audio: more
     assert [policy.rows(n) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 4, 8]
@@ -76,7 +82,7 @@ def test_bucketing_changes_no_output(pair_33):
     """Prefill logits of a padded bucket equal the unpadded forward (fp32 rounding only)."""
     _, fm = pair_33
     ids, feats = _request(fm, [61], [3])
-    gen = Generator(fm, compile=False)
+    gen = Generator(fm, STATIC_AUDIO, compile=False)
     p = gen.prepare(ids, feats, max_new_tokens=4)
     assert p.input_ids.shape[1] == 64 and p.features.shape[1] == 200
     with torch.no_grad():
@@ -87,44 +93,57 @@ def test_bucketing_changes_no_output(pair_33):
     assert rel_err(ref, got) < 1e-5
 
 
-def test_recompiles_bounded_over_lengths_prompts_and_batches(pair_33, strict_dynamo):
-    """9 audio lengths (0.5-30 s), varying prompts, batch 1-4: graphs = buckets hit, then none."""
+@pytest.mark.parametrize("policy", [BucketPolicy(), STATIC_AUDIO], ids=["symbolic", "static"])
+def test_recompiles_bounded_over_lengths_prompts_and_batches(pair_33, strict_dynamo, policy):
+    """9 audio lengths (0.5-30 s), varying prompts, batch 1-4: graphs = buckets hit (symbolic
+    audio: at most 4 audio graphs per batch bucket), then none, also for new lengths."""
     _, fm = pair_33
-    policy = BucketPolicy()
+    symbolic = policy.audio_frames is None
     seconds = [0.5, 1.3, 2.9, 4.7, 7.5, 11, 17, 23, 30]
     sweep = []
     for i, s in enumerate(seconds):
         batch = i % 4 + 1
-        frames = [max(1, int(s * 50) - 7 * j) for j in range(batch)]
+        frames = [max(2, int(s * 50) - 7 * j) for j in range(batch)]
         sweep.append(_request(fm, frames, [(i + j) % 5 for j in range(batch)]))
+    sweep.append(_request(fm, [400, 12], [0, 1]))  # whole blocks (and 2 rows in one block)
+    sweep.append(_request(fm, [12], [0]))  # one block
     text_only = [torch.tensor([1, 5, 6, 7]), torch.tensor([1, 9])]
     cnt = CompileCounterWithBackend("eager")
     gen = Generator(fm, policy, backend=cnt)
-    expected = set()
+    expected, batches = set(), set()
     new = 3
     for ids, feats in sweep:
         gen.generate(ids, feats, max_new_tokens=new)
         rows = policy.rows(len(ids))
         seq = policy.tokens(max(len(r) for r in ids))
         cache = policy.cache_len(seq, new)
-        expected |= {
-            ("encode", policy.frames(feats.input_features.shape[1]), rows),
-            ("prefill", rows, seq, cache),
-            ("decode", rows, cache),
-        }
-    assert cnt.frame_count == len(expected)
-    # The documented bound for 0-30 s, batch <= 4 and one max_new_tokens: 4 audio x 3 batch
-    # buckets for the audio path (the merge is outside it, so prompt buckets do not multiply
-    # it), 4 prompt x 3 batch buckets for prefill, 2 cache lengths x 3 batch for decode.
+        batches.add(rows)
+        expected |= {("prefill", rows, seq, cache), ("decode", rows, cache)}
+        if not symbolic:
+            expected.add(("encode", policy.frames(feats.input_features.shape[1]), rows))
+    audio_graphs = cnt.frame_count - len(expected)
+    if symbolic:  # a few specialisations per batch bucket, whatever the lengths
+        assert len(batches) <= audio_graphs <= 4 * len(batches)
+    else:
+        assert audio_graphs == 0
+    # The documented bound for 0-30 s, batch <= 4 and one max_new_tokens: 4 audio buckets (or
+    # symbolic cases) x 3 batch buckets for the audio path (the merge is outside it, so
+    # prompt buckets do not multiply it), 4 prompt x 3 batch for prefill, 2 cache lengths x 3
+    # batch for decode.
     assert cnt.frame_count <= 4 * 3 + 4 * 3 + 2 * 3
     before = cnt.frame_count
     for ids, feats in sweep:  # every shape again: nothing new
         gen.generate(ids, feats, max_new_tokens=new)
     assert cnt.frame_count == before
+    if symbolic:  # new lengths (3 frames longer, same cases) compile nothing either
+        for frames, rows in ((148, 4), (238, 4), (378, 1), (553, 2), (1503, 1)):
+            ids, feats = _request(fm, [frames] * rows, [0] * rows)
+            gen.generate(ids, feats, max_new_tokens=new)
+        assert cnt.frame_count == before
     gen.generate(text_only, max_new_tokens=new)  # text only: prefill and decode, no audio path
     cache = policy.cache_len(64, new)
     expected |= {("prefill", 2, 64, cache), ("decode", 2, cache)}
-    assert cnt.frame_count == len(expected)
+    assert cnt.frame_count == len(expected) + audio_graphs
 
 
 def test_adapter_switch_reuses_graphs(pair_33, strict_dynamo):
@@ -144,10 +163,12 @@ def test_adapter_switch_reuses_graphs(pair_33, strict_dynamo):
 
 
 def test_long_audio_takes_a_larger_bucket_not_truncated(pair_33):
-    """35 s (1750 frames) is past the largest bucket: padded to 3200 frames, all tokens kept."""
+    """35 s (1750 frames) is past the largest static bucket: padded to 3200 frames, all tokens
+    kept; with symbolic audio it stays 1750 frames."""
     _, fm = pair_33
     ids, feats = _request(fm, [1750], [1])
-    gen = Generator(fm, compile=False)
+    assert Generator(fm, compile=False).prepare(ids, feats, 4).features.shape[1] == 1750
+    gen = Generator(fm, STATIC_AUDIO, compile=False)
     p = gen.prepare(ids, feats, max_new_tokens=4)
     assert p.features.shape[1] == 3200
     assert int((p.input_ids == fm.config.audio_token_index).sum()) == 351
@@ -224,14 +245,19 @@ def test_static_caches_are_bounded(pair_33):
     assert list(gen._caches) == [(4, 256), (8, 256)]
 
 
-def test_warmup_compiles_what_requests_then_use(pair_33, strict_dynamo):
+@pytest.mark.parametrize(
+    "policy, frames",
+    [(BucketPolicy(), None), (STATIC_AUDIO, [200, 400])],
+    ids=["symbolic", "static"],
+)
+def test_warmup_compiles_what_requests_then_use(pair_33, strict_dynamo, policy, frames):
     _, fm = pair_33
     cnt = CompileCounterWithBackend("eager")
-    gen = Generator(fm, backend=cnt)
-    gen.warmup([200, 400], batch=(1, 2), text_tokens=5, max_new_tokens=6, progress=False)
+    gen = Generator(fm, policy, backend=cnt)
+    gen.warmup(frames, batch=(1, 2), text_tokens=5, max_new_tokens=6, progress=False)
     warmed = cnt.frame_count
     assert warmed >= 4  # an audio graph per (audio, batch) bucket, plus prefill and decode
-    for frames, rows in ((150, 1), (380, 2)):
+    for frames, rows in ((150, 1), (380, 2), (13, 1), (40, 2)):
         ids, feats = _request(fm, [frames] * rows, [3] * rows)
         gen.generate(ids, feats, max_new_tokens=6)
     assert cnt.frame_count == warmed

@@ -5,14 +5,17 @@
 
 Three compiled regions, each one graph with no breaks:
 
-* `encode`: encoder and projector (`GraniteSpeech.audio_embeddings`), a graph per (audio,
-  batch) bucket; the merge into the prompt's embeddings runs eagerly after it (a few small
-  ops with no host sync);
+* `encode`: encoder and projector (`GraniteSpeech.audio_embeddings`), by default one graph
+  with a symbolic frame count per batch bucket (a few more where a length specialises it:
+  one or two encoder blocks, whole blocks), or a graph per (audio, batch) bucket with static audio
+  buckets; the merge into the prompt's embeddings runs eagerly after it (a few small ops
+  with no host sync);
 * `prefill`: the LLM over the prompt embeddings, writing a preallocated KV cache;
 * `decode`: one token for every row, reading and writing the same cache in place.
 
-Shapes come from a `BucketPolicy`, not from the request, so a stream of requests of any audio
-length, prompt length and batch size compiles a small, known number of graphs. Padding never
+Shapes come from a `BucketPolicy`, not from the request (the audio's frame count is a
+symbolic size instead), so a stream of requests of any audio length, prompt length and batch
+size compiles a small, known number of graphs. Padding never
 changes a result: padded frames are masked in the encoder (frame mask), padded prompt slots and
 padded batch rows are masked in the LLM (`key_valid`), so bucketing only costs compute.
 
@@ -64,11 +67,14 @@ def _round_up(n: int, buckets: Sequence[int]) -> int:
 class BucketPolicy:
     """Padded shapes for the compiled graphs.
 
-    audio_frames: encoder frames (50 per second of audio). The defaults are whole blocks of
-        the encoder's 200-frame attention context: 4, 8, 16 and 32 s, so 0-30 s audio uses at
-        most 4 buckets and padding at most doubles the encoder's work. Longer audio is never
-        truncated: it takes the next multiple of the largest bucket (64 s, 96 s, ...), one more
-        graph each.
+    audio_frames: None (default): no audio buckets. Features are padded only to the batch's
+        longest clip and the audio graph takes the frame count as a symbolic size: a few
+        graphs per batch bucket for every length (Dynamo specialises on a clip within one
+        encoder block, within two, on whole blocks; 4 at most in the tests), no padding
+        waste. A tuple: static buckets in encoder frames (50 per second of audio), e.g. whole
+        200-frame encoder blocks (200, 400, 800, 1600: 4, 8, 16, 32 s), a graph per bucket;
+        longer audio takes the next multiple of the largest bucket, never truncated.
+        Compared by `experiments.bench_audio_buckets`.
     prompt_tokens: prompt length after placeholder expansion (about 10 tokens per second
         of audio plus the text); beyond the largest, multiples of it.
     batch: rows; a batch is padded with masked rows to the next bucket (beyond: multiples).
@@ -76,7 +82,7 @@ class BucketPolicy:
         multiple of this, so a few decode graphs serve all requests.
     """
 
-    audio_frames: tuple[int, ...] = (200, 400, 800, 1600)
+    audio_frames: tuple[int, ...] | None = None
     prompt_tokens: tuple[int, ...] = (64, 128, 256, 512)
     batch: tuple[int, ...] = (1, 2, 4)
     cache_tokens: int = 256
@@ -84,6 +90,8 @@ class BucketPolicy:
     def __post_init__(self):
         for name in ("audio_frames", "prompt_tokens", "batch"):
             buckets = getattr(self, name)
+            if name == "audio_frames" and buckets is None:
+                continue
             if not isinstance(buckets, tuple | list) or not all(map(_is_int, buckets)):
                 raise TypeError(f"{name} buckets must be a tuple of ints, got {buckets!r}")
             if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
@@ -95,7 +103,7 @@ class BucketPolicy:
             raise ValueError(f"cache_tokens must be positive, got {self.cache_tokens}")
 
     def frames(self, n: int) -> int:
-        return _round_up(n, self.audio_frames)
+        return n if self.audio_frames is None else _round_up(n, self.audio_frames)
 
     def tokens(self, n: int) -> int:
         return _round_up(n, self.prompt_tokens)
@@ -314,31 +322,40 @@ class Generator:
         # Each region is one code object with a graph per bucket. Dynamo's default
         # recompile_limit (8) would stop it past 8 buckets: with fullgraph=True that raises
         # FailOnRecompileLimitHit (it does not fall back to eager). The limit is raised only
-        # while a region runs: the largest region (audio) has a graph per (audio, batch)
-        # bucket; the factor 4 leaves room for buckets past the largest ones (longer audio,
-        # more rows), several cache lengths, beam search's decode and other Generators.
+        # while a region runs: the largest region has a graph per (audio, batch) or (prompt,
+        # batch) bucket; the factor 4 leaves room for buckets past the largest ones (longer
+        # audio, more rows), several cache lengths, beam search's decode and other Generators.
         policy = self.policy
-        limit = 4 * len(policy.audio_frames) * len(policy.prompt_tokens) * len(policy.batch)
+        audio = 4 if policy.audio_frames is None else len(policy.audio_frames)
+        limit = 4 * audio * len(policy.prompt_tokens) * len(policy.batch)
         options = dict(fullgraph=True, dynamic=False, backend=backend)
+        symbolic_audio = policy.audio_frames is None
 
-        def region(fn: Callable, region_mode: str | None = None) -> Callable:
+        def region(fn: Callable, region_mode: str | None = None, frames_dim: bool = False):
             if not compile or regional:
                 return fn
             graphs = torch.compile(fn, mode=region_mode, **options)
 
             def run(*args):
+                if frames_dim and symbolic_audio:  # features and mask: (B, T, ...) -> T symbolic
+                    for arg in args:
+                        torch._dynamo.maybe_mark_dynamic(arg, 1)
                 with torch._dynamo.config.patch(recompile_limit=limit):
                     return graphs(*args)
 
             return run
 
         if compile and regional:
-            blocks = [*model.encoder.layers, *model.language_model.base_model.layers]
-            for block in blocks:
+            # Encoder blocks see the audio's frame count: symbolic unless the audio is bucketed.
+            for block in model.encoder.layers:
+                block.compile(
+                    mode=mode, **(options | dict(dynamic=None if symbolic_audio else False))
+                )
+            for block in model.language_model.base_model.layers:
                 block.compile(mode=mode, **options)
         # The merge stays outside the audio graph: a handful of small ops, and inside it they
         # would multiply the audio graphs by the prompt buckets.
-        self.encode = region(model.audio_embeddings)
+        self.encode = region(model.audio_embeddings, frames_dim=True)
         self.prefill = region(lambda *args: _prefill(model, *args))
         self.decode = region(lambda *args: _decode(model, *args), self.mode)
 
@@ -482,10 +499,17 @@ class Generator:
         progress: bool = True,
     ) -> None:
         """Compile now the graphs that requests of these shapes will use: for each audio
-        bucket (default: all of the policy's) and batch size, a request of silence whose
-        prompt holds `text_tokens` text tokens, prefilled and decoded for two steps (the
-        decode graph depends on the cache length, fixed by `max_new_tokens`)."""
-        frames = list(audio_frames or self.policy.audio_frames)
+        length in encoder frames and batch size, a request of silence whose prompt holds
+        `text_tokens` text tokens, prefilled and decoded for two steps (the decode graph
+        depends on the cache length, fixed by `max_new_tokens`).
+
+        Default lengths: the policy's audio buckets; with symbolic audio 4, 8, 16 and 32 s
+        (their prompt buckets) and one length of each other case the audio graph
+        specialises on (within one encoder block, within two, not whole blocks).
+        """
+        block = self.model.config.encoder_config.context_size
+        cases = (block // 2 + 1, block + block // 2, 3 * block - 1)
+        frames = sorted(audio_frames or self.policy.audio_frames or {*cases, 200, 400, 800, 1600})
         audio_id = self.model.config.audio_token_index
         shapes = [(f, b) for f in frames for b in batch]
         for f, b in tqdm(shapes, desc="compiling buckets", unit="bucket", disable=not progress):
