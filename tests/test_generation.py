@@ -278,3 +278,19 @@ def test_regional_compilation_one_graph_for_all_layers(ckpt_33):
     # 2 encoder blocks: one graph; 2 decoder layers: one graph each for prefill and decode
     assert cnt.frame_count == 3
     torch._dynamo.reset()
+
+
+def test_regional_compilation_past_the_default_recompile_limit(ckpt_33, strict_dynamo):
+    """The decoder layers' graphs (a prefill shape per prompt and batch bucket, a decode shape
+    per cache and batch bucket) pass Dynamo's default limit of 8: the Generator's raised
+    limit covers the regional blocks too, or the ninth shape would raise."""
+    import granite_fms
+
+    fm = granite_fms.load_model(ckpt_33)  # its own copy: compiling blocks changes the model
+    cnt = CompileCounterWithBackend("eager")
+    gen = Generator(fm, backend=cnt, regional=True)
+    for rows in (1, 2, 3):
+        for length in (10, 100, 200):  # prompt buckets 64, 128, 256
+            gen.generate([torch.arange(1, length + 1) % 100 + 1] * rows, max_new_tokens=2)
+    assert cnt.frame_count > torch._dynamo.config.recompile_limit
+    torch._dynamo.reset()

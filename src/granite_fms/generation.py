@@ -332,12 +332,14 @@ class Generator:
         symbolic_audio = policy.audio_frames is None
 
         def region(fn: Callable, region_mode: str | None = None, frames_dim: bool = False):
-            if not compile or regional:
+            if not compile:
                 return fn
-            graphs = torch.compile(fn, mode=region_mode, **options)
+            # Regional: the region runs eagerly and calls the compiled blocks, whose graphs
+            # (one per shape) need the same limit.
+            graphs = fn if regional else torch.compile(fn, mode=region_mode, **options)
 
             def run(*args):
-                if frames_dim and symbolic_audio:  # features and mask: (B, T, ...) -> T symbolic
+                if frames_dim and symbolic_audio and not regional:  # (B, T, ...): T symbolic
                     for arg in args:
                         torch._dynamo.maybe_mark_dynamic(arg, 1)
                 with torch._dynamo.config.patch(recompile_limit=limit):
