@@ -86,6 +86,7 @@ def regional_vs_whole_encoder(tmp: Path, reps, layers: int) -> dict:
     torch.manual_seed(0)
     encoder = ConformerEncoder(ConformerConfig(nlayers=layers)).eval()
     projector = QFormerProjector(QFormerConfig()).eval()
+    projector.reset_parameters()  # its query tokens are allocated uninitialised
     for module in [*encoder.modules(), *projector.modules()]:
         if isinstance(module, torch.nn.Linear | torch.nn.Conv1d):  # HF's init (std 0.02):
             torch.nn.init.normal_(module.weight, std=0.02)  # PyTorch's default overflows
