@@ -7,17 +7,17 @@ Three compiled regions, each one graph with no breaks:
 
 * `encode`: encoder and projector (`GraniteSpeech.audio_embeddings`), by default one graph
   with a symbolic frame count per batch bucket (a few more where a length specialises it:
-  one or two encoder blocks, whole blocks), or a graph per (audio, batch) bucket with static audio
-  buckets; the merge into the prompt's embeddings runs eagerly after it (a few small ops
-  with no host sync);
+  one or two encoder blocks, whole blocks), or a graph per (audio, batch) bucket with
+  static audio buckets; the merge into the prompt's embeddings runs eagerly after it (a few
+  small ops with no host sync);
 * `prefill`: the LLM over the prompt embeddings, writing a preallocated KV cache;
 * `decode`: one token for every row, reading and writing the same cache in place.
 
 Shapes come from a `BucketPolicy`, not from the request (the audio's frame count is a
 symbolic size instead), so a stream of requests of any audio length, prompt length and batch
-size compiles a small, known number of graphs. Padding never
-changes a result: padded frames are masked in the encoder (frame mask), padded prompt slots and
-padded batch rows are masked in the LLM (`key_valid`), so bucketing only costs compute.
+size compiles a small, known number of graphs. Padding never changes a result: padded frames
+are masked in the encoder (frame mask), padded prompt slots and padded batch rows are masked
+in the LLM (`key_valid`), so bucketing only costs compute.
 
 The cache is static (gpt-fast style): per layer a (B, kvheads, L, head_dim) key and value tensor,
 written with `index_copy_` at `cache_position`, attended over its whole length with a mask. The

@@ -147,9 +147,9 @@ class SpeechPipeline:
         num_beams: int = 1,
         progress: bool = True,
     ) -> "SpeechPipeline":
-        """Compile the buckets that transcription requests of these lengths (default: every
-        audio bucket) and batch sizes will use, with a progress bar, before the first request.
-        The prompt's text length is the preset's transcription prompt's."""
+        """Compile the graphs that transcription requests of these lengths (default: those of
+        `Generator.warmup`) and batch sizes will use, with a progress bar, before the first
+        request. The prompt's text length is the preset's transcription prompt's."""
         user = self.prompts.user_turn(audio_token=self.processor.audio_token)
         if self.tokenizer is not None:
             text = len(self._tokenize(0, user, True, True)) - 1
