@@ -6,6 +6,9 @@ The target workload (10 s clip, batch 1; --quick: 3 s) through the compiled Gene
 the LLM's linear weights as loaded (fp32 on CPU, bf16 on a GPU) and int8 weight-only
 (torchao, `Generator(quantize="int8")`): one decode-step call, and end to end, timed round
 robin; the prefill logits' error relative to their scale and the greedy tokens' agreement.
+Also the LM head alone (the largest matmul of a decode step) on one row: the weights as loaded,
+torchao's int8 layer, and on CPU ATen's int8 weight-only kernel (`_weight_int8pack_mm`, per-row
+scales), each compiled or called as is, to tell the kernel's cost from the loop's.
 """
 
 from __future__ import annotations
@@ -20,6 +23,19 @@ from experiments.modes import decode_step_inputs, fms_inputs
 
 WHAT = "compiled Generator, LLM weights as loaded vs int8 weight-only (torchao)"
 HEADLINE = ["decode_call_speedup_int8", "e2e_speedup_int8", "prefill_logits_rel_err"]
+
+
+def head_tasks(b: Bench, gens: dict, reps) -> dict:
+    """The LM head on one row: weights as loaded, torchao int8, ATen int8 (CPU only)."""
+    head, int8_head = (gen.model.language_model.head for gen in gens.values())
+    x = torch.randn(1, 1, head.in_features, device=b.device, dtype=head.weight.dtype)
+    fns = {"base": torch.compile(head), "int8": torch.compile(int8_head)}
+    if b.device.type == "cpu":
+        w = head.weight.detach()
+        scale = w.abs().amax(1) / 127
+        wq = torch.round(w / scale[:, None]).to(torch.int8)
+        fns["int8_aten"] = lambda x: torch._weight_int8pack_mm(x.view(1, -1), wq, scale)
+    return {(name, "head"): harness.Task(lambda f=f: f(x), reps) for name, f in fns.items()}
 
 
 def measure(b: Bench) -> dict:
@@ -43,6 +59,7 @@ def measure(b: Bench) -> dict:
         tasks[(name, "e2e")] = harness.Task(
             lambda g=gen: g.generate(rows, feats, max_new_tokens=w.new_tokens), (3, 5, 3.0)
         )
+    tasks |= head_tasks(b, gens, b.reps["stage"])
     out = harness.round_robin(tasks, device)
     ev = {f"{part}_ms_{name}": out[(name, part)]["median_ms"] for name, part in out}
     for part in ("decode_call", "e2e"):
