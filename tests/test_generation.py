@@ -46,9 +46,8 @@ def _fms_generate(model, ids, feats=None, mask=None, new=6):
     return fms_generate(model, x, feats, mask, new=new, **padding)[0].tolist()
 
 
-STATIC_AUDIO = BucketPolicy(
-    audio_frames=(200, 400, 800, 1600)
-)  # whole 200-frame encoder blocks: 4, 8, 16, 32 s
+# Static audio buckets, whole 200-frame encoder blocks: 4, 8, 16, 32 s.
+STATIC_AUDIO = BucketPolicy(audio_frames=(200, 400, 800, 1600))
 
 
 def test_bucket_policy():
