@@ -27,7 +27,7 @@ HEADLINE = ["decode_call_speedup_int8", "e2e_speedup_int8", "prefill_logits_rel_
 
 def head_tasks(b: Bench, gens: dict, reps) -> dict:
     """The LM head on one row: weights as loaded, torchao int8, ATen int8 (CPU only)."""
-    head, int8_head = (gen.model.language_model.head for gen in gens.values())
+    head, int8_head = (gens[name].model.language_model.head for name in ("base", "int8"))
     x = torch.randn(1, 1, head.in_features, device=b.device, dtype=head.weight.dtype)
     fns = {"base": torch.compile(head), "int8": torch.compile(int8_head)}
     if b.device.type == "cpu":

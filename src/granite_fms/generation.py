@@ -326,10 +326,10 @@ class Generator:
         # batch) bucket; the factor 4 leaves room for buckets past the largest ones (longer
         # audio, more rows), several cache lengths, beam search's decode and other Generators.
         policy = self.policy
-        audio = 4 if policy.audio_frames is None else len(policy.audio_frames)
+        symbolic_audio = policy.audio_frames is None
+        audio = 4 if symbolic_audio else len(policy.audio_frames)
         limit = 4 * audio * len(policy.prompt_tokens) * len(policy.batch)
         options = dict(fullgraph=True, dynamic=False, backend=backend)
-        symbolic_audio = policy.audio_frames is None
 
         def region(fn: Callable, region_mode: str | None = None, frames_dim: bool = False):
             if not compile:
