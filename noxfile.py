@@ -33,8 +33,10 @@ def _install(session: nox.Session, extras: str) -> None:
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Unit, parity and compile tests on CPU (tiny checkpoints built with HF's own classes)."""
+    """The package's layers (import-linter), then unit, parity and compile tests on CPU (tiny
+    checkpoints built with HF's own classes)."""
     _install(session, "dev")
+    session.run("lint-imports")
     session.run("pytest", *(session.posargs or ["-q"]))
 
 

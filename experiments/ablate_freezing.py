@@ -22,7 +22,7 @@ HEADLINE = ["plain_over_freezing", "adapter_switch_effect_frozen"]
 
 
 def measure(b: Bench) -> dict:
-    from granite_fms.generation import _decode
+    from granite_fms.inference.generation import _decode
 
     fm, gen = b.fm, b.generator
     frozen = torch.compile(lambda *a: _decode(fm, *a), fullgraph=True, dynamic=False)

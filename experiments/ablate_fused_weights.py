@@ -23,7 +23,7 @@ def without_lora(fm):
     """A LoRA-free copy of the model sharing its other weights."""
     import torch
 
-    from granite_fms.granite_speech import GraniteSpeech
+    from granite_fms.models.granite_speech import GraniteSpeech
 
     with torch.device("meta"):
         plain = GraniteSpeech(fm.config.updated(lora_rank=0))
@@ -36,7 +36,7 @@ def without_lora(fm):
 def measure(b: Bench) -> dict:
     from fms.utils.fusion import apply_unfuse_weights
 
-    from granite_fms.generation import Generator
+    from granite_fms.inference.generation import Generator
 
     fused = without_lora(b.fm)
     unfused = copy.deepcopy(fused)

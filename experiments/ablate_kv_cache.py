@@ -22,7 +22,7 @@ HEADLINE = ["static_speedup_compiled", "static_speedup_eager"]
 
 
 def measure(b: Bench) -> dict:
-    from granite_fms.generation import Generator
+    from granite_fms.inference.generation import Generator
 
     w, fm, device = b.workload, b.fm, b.device
     dynamic = torch.compile(fm, fullgraph=True)

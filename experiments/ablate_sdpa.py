@@ -21,7 +21,7 @@ HEADLINE = ["math_over_auto_eager", "math_over_auto_compiled"]
 
 
 def measure(b: Bench) -> dict:
-    from granite_fms.conformer import ConformerEncoder
+    from granite_fms.models.conformer import ConformerEncoder
 
     fm, device = b.fm, b.device
     feats, _, _, _ = fms_inputs(fm, b.workload)

@@ -28,7 +28,7 @@ HEADLINE = [f"worst_compiled_over_eager_{name}" for name in POLICIES]
 
 
 def measure(b: Bench) -> dict:
-    from granite_fms.generation import BucketPolicy, Generator
+    from granite_fms.inference.generation import BucketPolicy, Generator
 
     fm, device = b.fm, b.device
     seconds = SECONDS[::3] if b.workload.audio_s < 10 else SECONDS

@@ -39,7 +39,7 @@ def head_tasks(b: Bench, gens: dict, reps) -> dict:
 
 
 def measure(b: Bench) -> dict:
-    from granite_fms.generation import Generator
+    from granite_fms.inference.generation import Generator
 
     w, device = b.workload, b.device
     gens = {"base": b.generator, "int8": Generator(copy.deepcopy(b.fm), quantize="int8")}

@@ -2,7 +2,7 @@
 
     python -m experiments.census_generator [--quick]
 
-`granite_fms.generation.Generator` (default `BucketPolicy`) runs the sweeps of
+`granite_fms.inference.generation.Generator` (default `BucketPolicy`) runs the sweeps of
 experiments/graphs.py through `Generator.generate` with its three compiled regions (`encode`:
 encoder and projector, `prefill`, `decode`; the merge runs eagerly between them)
 instrumented: `explain` and fullgraph on the uncompiled regions (`compile=False`), then the
@@ -38,14 +38,14 @@ def instrument(gen, hook: Callable) -> None:
 
 
 def run_generate(gen, inputs: graphs.Inputs) -> None:
-    from granite_fms.features import AudioFeatures
+    from granite_fms.audio.features import AudioFeatures
 
     audio = AudioFeatures(inputs.features, inputs.frame_mask, inputs.counts)
     generate_tokens(gen, list(inputs.input_ids), audio, NEW_TOKENS)
 
 
 def measure(fm, inputs: dict[str, list[graphs.Inputs]], hits, progress) -> tuple[list[dict], float]:
-    from granite_fms.generation import Generator
+    from granite_fms.inference.generation import Generator
 
     rows: dict[str, dict] = {}
 
@@ -119,7 +119,7 @@ def measure(fm, inputs: dict[str, list[graphs.Inputs]], hits, progress) -> tuple
 
 
 def main(argv: list[str] | None = None) -> int:
-    from granite_fms.generation import BucketPolicy
+    from granite_fms.inference.generation import BucketPolicy
 
     args = harness.parser(__doc__, device=False).parse_args(argv)
     run = harness.Run("census_generator", "cpu", args, model=graphs.CHECKPOINT)

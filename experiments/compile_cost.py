@@ -53,7 +53,7 @@ def _request(fm):
 
 
 def regional_vs_whole_tiny(tmp: Path, reps) -> dict:
-    from granite_fms.generation import Generator
+    from granite_fms.inference.generation import Generator
 
     fm = _tiny(tmp)
     rows, feats = _request(fm)
@@ -80,8 +80,8 @@ def regional_vs_whole_tiny(tmp: Path, reps) -> dict:
 
 
 def regional_vs_whole_encoder(tmp: Path, reps, layers: int) -> dict:
-    from granite_fms.conformer import ConformerConfig, ConformerEncoder
-    from granite_fms.qformer import QFormerConfig, QFormerProjector
+    from granite_fms.models.conformer import ConformerConfig, ConformerEncoder
+    from granite_fms.models.qformer import QFormerConfig, QFormerProjector
 
     torch.manual_seed(0)
     encoder = ConformerEncoder(ConformerConfig(nlayers=layers)).eval()
@@ -124,7 +124,7 @@ def child(cache_dir: str) -> None:
     """One fresh process: build, compile with the cache, first request; prints JSON."""
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        from granite_fms.generation import Generator
+        from granite_fms.inference.generation import Generator
 
         torch.set_grad_enabled(False)
         fm = _tiny(Path(tmp))

@@ -84,7 +84,7 @@ def batching(pipe, wave: torch.Tensor, rate: int, reps: int) -> tuple[list[dict]
 
 def cli_run(wave: torch.Tensor, rate: int, clips: list[Path], tmp: Path) -> dict:
     """`granite-fms transcribe DIR --variant tiny` on the recording and the short clips."""
-    from granite_fms import cli
+    from granite_fms.app import cli
 
     folder = tmp / "clips"
     folder.mkdir()
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats, args.reps = 1, 2
     run = harness.Run("longform", "cpu", args, model=MODEL)
     sys.path.insert(0, str(harness.REPO / "tests"))  # the fixture recordings and their helper
-    from granite_fms.testing import random_pipeline
+    from granite_fms.app.demo import random_pipeline
     from helpers import DATA, RATE, SENTENCES, long_recording
 
     torch.set_grad_enabled(False)

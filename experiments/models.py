@@ -46,8 +46,8 @@ def in_memory_models(hf_config, device, dtype, lora_rank: int = 0, lora_alpha: f
     from fms.utils import serialization
     from transformers import GraniteSpeechForConditionalGeneration
 
-    from granite_fms.checkpoint import fms_config_from_hf
-    from granite_fms.granite_speech import GraniteSpeech
+    from granite_fms.hf.config import fms_config_from_hf
+    from granite_fms.models.granite_speech import GraniteSpeech
 
     torch.manual_seed(0)
     with torch.device(device):

@@ -83,7 +83,7 @@ def make_workload(fm, audio_s: float, batch: int, new_tokens: int) -> Workload:
 
 def expand(prompt: list[int], audio_id: int, count: int) -> torch.Tensor:
     """The prompt with its one placeholder expanded to `count` audio tokens."""
-    from granite_fms.processor import GraniteSpeechProcessor
+    from granite_fms.audio.processor import GraniteSpeechProcessor
 
     return GraniteSpeechProcessor.expand_audio_token_ids(prompt, audio_id, int(count))
 
@@ -92,7 +92,7 @@ def fms_inputs(fm, w: Workload):
     """Features, expanded prompt rows, and the padded ids + padding kwargs of FMS's generate."""
     from fms.utils.generation import pad_input_ids
 
-    from granite_fms.features import GraniteSpeechFeatureExtractor
+    from granite_fms.audio.features import GraniteSpeechFeatureExtractor
 
     device = fm.language_model.base_model.embedding.weight.device
     feats = GraniteSpeechFeatureExtractor()(w.waves).to(device)
@@ -265,7 +265,7 @@ def decode_step_inputs(gen, w: Workload):
 
 def fms_mode(pipe, w: Workload, reps: dict) -> ModeSetup:
     """`SpeechPipeline.generate_ids` through its Generator: uncompiled or compiled."""
-    from granite_fms.features import GraniteSpeechFeatureExtractor
+    from granite_fms.audio.features import GraniteSpeechFeatureExtractor
 
     fm, gen = pipe.model, pipe.generator
     extractor = GraniteSpeechFeatureExtractor()

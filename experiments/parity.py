@@ -112,7 +112,7 @@ def hf_greedy(hf, ids, features=None) -> list[int]:
 
 
 def fms_greedy(gen, ids, features=None, frame_mask=None) -> list[int]:
-    from granite_fms.features import AudioFeatures
+    from granite_fms.audio.features import AudioFeatures
 
     audio = None
     if features is not None:
@@ -154,7 +154,7 @@ def rounding_gain(hf, x: torch.Tensor) -> float:
 def run_dtype(case, path, dtype_name, lengths, inputs, refs, reduced: bool) -> dict:
     """Every stage of one configuration in one dtype."""
     import granite_fms
-    from granite_fms.generation import Generator
+    from granite_fms.inference.generation import Generator
     from granite_fms.testing import load_hf_model
 
     dtype, fp32 = DTYPES[dtype_name], dtype_name == "fp32"

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import granite_fms
-from granite_fms.testing import load_hf_model, save_hf_checkpoint, tiny_hf_config, word_tokenizer
+from granite_fms.app.demo import word_tokenizer
+from granite_fms.testing import load_hf_model, save_hf_checkpoint, tiny_hf_config
 from helpers import EOS_ID, set_generation_eos
 
 

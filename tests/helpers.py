@@ -18,7 +18,7 @@ def long_recording(
     """About 67 s of speech from the espeak-ng fixtures: the three sentences `repeats` times
     with `pause` seconds after each, a `silence`, the same again; faint noise throughout (so
     silence is not digital zero). Returns the waveform and the silence's (start, end) in s."""
-    from granite_fms.features import load_audio
+    from granite_fms.audio.features import load_audio
 
     def zeros(seconds: float) -> torch.Tensor:
         return torch.zeros(round(seconds * RATE))

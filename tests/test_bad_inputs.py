@@ -22,12 +22,12 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import granite_fms
-from granite_fms.conformer import ConformerConfig, ConformerEncoder
-from granite_fms.features import AudioFeatures, GraniteSpeechFeatureExtractor
-from granite_fms.generation import BucketPolicy, Generator
-from granite_fms.granite_speech import ARCHITECTURE, _hf_to_fms_rope
+from granite_fms.audio.features import AudioFeatures, GraniteSpeechFeatureExtractor
+from granite_fms.audio.processor import GraniteSpeechProcessor, check_prompt_ids
+from granite_fms.inference.generation import BucketPolicy, Generator
+from granite_fms.models.conformer import ConformerConfig, ConformerEncoder
+from granite_fms.models.granite_speech import ARCHITECTURE, _hf_to_fms_rope
 from granite_fms.pipeline import SpeechPipeline
-from granite_fms.processor import GraniteSpeechProcessor, check_prompt_ids
 from granite_fms.testing import save_hf_checkpoint, tiny_hf_config
 from helpers import audio_prompt, n_tokens, rel_err
 
@@ -94,7 +94,7 @@ def test_enormous_samples_are_an_overflow_error(peak):
 
 def test_int16_scaled_floats_warn_and_match_hf(caplog):
     wave = torch.randn(16000) * 32767
-    with caplog.at_level(logging.WARNING, logger="granite_fms.features"):
+    with caplog.at_level(logging.WARNING, logger="granite_fms.audio.features"):
         ours = GraniteSpeechFeatureExtractor()(wave).input_features
     assert "audio[0]: peak sample" in caplog.text and "outside [-1, 1]" in caplog.text
     ref = transformers.GraniteSpeechFeatureExtractor()(wave)["input_features"]

@@ -9,8 +9,8 @@ import torch
 from fms.utils.generation import generate, pad_input_ids
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from granite_fms.features import AudioFeatures
-from granite_fms.generation import Generator
+from granite_fms.audio.features import AudioFeatures
+from granite_fms.inference.generation import Generator
 from helpers import audio_prompt, fms_generate, n_tokens
 
 BEAMS, NEW = 4, 12

@@ -17,8 +17,8 @@ import jiwer
 import pytest
 import soundfile as sf
 
-from granite_fms import cli, evaluation
-from granite_fms.dataset import ResultStore
+from granite_fms.app import cli, evaluation
+from granite_fms.app.dataset import ResultStore
 from helpers import DATA, RATE, long_recording
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -189,7 +189,11 @@ def _torchrun_cli(argv: list[str]) -> None:
     env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
     run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     done = subprocess.run(
-        [*run, "-m", "granite_fms.cli", *argv], env=env, capture_output=True, text=True, timeout=300
+        [*run, "-m", "granite_fms.app.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
 

@@ -10,14 +10,14 @@ import torchaudio
 import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from granite_fms.features import (
+from granite_fms.audio.features import (
     AudioFeatures,
     GraniteSpeechFeatureExtractor,
     audio_token_count,
     encoder_frame_count,
     load_audio,
 )
-from granite_fms.processor import GraniteSpeechProcessor
+from granite_fms.audio.processor import GraniteSpeechProcessor
 
 DATA = Path(__file__).parent / "data"
 CLIPS_16K = ["fox_16k.wav", "short_16k.wav", "long_16k.wav"]

@@ -5,8 +5,8 @@ import torch
 from fms.utils.generation import pad_input_ids
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from granite_fms.features import AudioFeatures
-from granite_fms.generation import BucketPolicy, Generator
+from granite_fms.audio.features import AudioFeatures
+from granite_fms.inference.generation import BucketPolicy, Generator
 from granite_fms.pipeline import SpeechPipeline
 from helpers import fms_generate, rel_err
 

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from granite_fms import longform
+from granite_fms.audio import longform
 from granite_fms.pipeline import SpeechPipeline
 from helpers import DATA, RATE, long_recording
 

@@ -13,11 +13,12 @@ import pytest
 import torch
 import transformers
 
-from granite_fms.features import load_audio
+from granite_fms.app.demo import word_tokenizer
+from granite_fms.audio.features import load_audio
+from granite_fms.audio.processor import GraniteSpeechProcessor
+from granite_fms.audio.prompts import PRESETS, PromptPreset
 from granite_fms.pipeline import SpeechPipeline
-from granite_fms.processor import GraniteSpeechProcessor
-from granite_fms.prompts import PRESETS, PromptPreset
-from granite_fms.testing import load_hf_model, word_tokenizer
+from granite_fms.testing import load_hf_model
 from helpers import AUDIO_ID, EOS_ID, set_generation_eos
 
 DATA = Path(__file__).parent / "data"

@@ -14,8 +14,8 @@ from fms.models import get_model
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from granite_fms import ARCHITECTURE
-from granite_fms.generation import Generator
-from granite_fms.quantize import quantize_llm
+from granite_fms.inference.generation import Generator
+from granite_fms.inference.quantize import quantize_llm
 from helpers import rel_err
 
 

@@ -17,7 +17,8 @@ from fms.distributed.strategy import UniformModelParallelStrategy
 
 import granite_fms
 import tp_worker
-from granite_fms.distributed import init_distributed, strategy_from_name
+from granite_fms.app.ranks import init_distributed
+from granite_fms.models.tp import strategy_from_name
 from granite_fms.testing import save_hf_checkpoint, tiny_hf_config
 from helpers import rel_err
 

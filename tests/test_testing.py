@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from granite_fms.checkpoint import fms_config_from_hf
+from granite_fms.hf.config import fms_config_from_hf
 from granite_fms.testing import hf_config_from_fms, variant_config
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from granite_fms import writers
+from granite_fms.app import writers
 
 RESULT = {
     "text": "hello world --> there and\ttab",

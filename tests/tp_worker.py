@@ -16,10 +16,11 @@ from fms.models import get_model
 from transformers import AutoConfig
 
 import granite_fms
-from granite_fms.distributed import init_distributed, parameter_counts
-from granite_fms.features import AudioFeatures
-from granite_fms.generation import BucketPolicy, Generator
-from granite_fms.granite_speech import GraniteSpeech
+from granite_fms.app.ranks import init_distributed
+from granite_fms.audio.features import AudioFeatures
+from granite_fms.inference.generation import BucketPolicy, Generator
+from granite_fms.models.granite_speech import GraniteSpeech
+from granite_fms.models.tp import parameter_counts
 from granite_fms.pipeline import SpeechPipeline
 from helpers import fms_generate
 

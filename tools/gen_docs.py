@@ -93,32 +93,43 @@ def render_templates(context: dict) -> list[Path]:
 
 
 def write_reference() -> list[Path]:
+    """One mkdocstrings page per module (sub-packages included), and an index by layer."""
     out_dir = DOCS / "reference"
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    modules = sorted(p.stem for p in PACKAGE.glob("*.py") if not p.name.startswith("_"))
-    rows = []
-    for module in modules:
-        (out_dir / f"{module}.md").write_text(
-            BANNER.format(source=f"src/granite_fms/{module}.py")
+    files = sorted(
+        p
+        for p in PACKAGE.rglob("*.py")
+        if not p.name.startswith("_") and "__pycache__" not in p.parts
+    )
+    rows, pages = [], []
+    for path in files:
+        rel = path.relative_to(PACKAGE).with_suffix("")
+        module = ".".join(rel.parts)
+        page = out_dir / f"{module}.md"
+        page.write_text(
+            BANNER.format(source=f"src/granite_fms/{rel.as_posix()}.py")
             + f"# granite_fms.{module}\n\n::: granite_fms.{module}\n"
         )
-        doc = ast.get_docstring(ast.parse((PACKAGE / f"{module}.py").read_text())) or ""
-        rows.append(
-            f"| [`{module}`]({module}.md) | {doc.split(chr(10) * 2)[0].replace(chr(10), ' ')} |"
-        )
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        summary = doc.split(chr(10) * 2)[0].replace(chr(10), " ")
+        rows.append(f"| [`{module}`]({page.name}) | {summary} |")
+        pages.append(page)
     package_doc = ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text())) or ""
     (out_dir / "index.md").write_text(
         BANNER.format(source="src/granite_fms/")
         + "# API reference\n\n"
         + package_doc.strip()
-        + "\n\nOne page per module, generated from the docstrings by mkdocstrings.\n\n"
+        + "\n\nOne page per module, generated from the docstrings by mkdocstrings. The "
+        + "package's layers import only downward (`[tool.importlinter]` in pyproject.toml): "
+        + "`app` > `pipeline` > `inference` > `audio` > `hf` > `models` > `files`, "
+        + "`fms_compat`, `provenance`.\n\n"
         + "| module | summary |\n|---|---|\n"
         + "\n".join(rows)
         + "\n"
     )
-    return [out_dir / "index.md", *(out_dir / f"{m}.md" for m in modules)]
+    return [out_dir / "index.md", *pages]
 
 
 def execute_notebook(timeout: int) -> Path:

@@ -8,11 +8,11 @@ it registers: "granite_speech", or "granite_speech_fms" where the installed FMS 
 `get_model(ARCHITECTURE, ...)` and `get_model("hf_pretrained", ...)` build this package's).
 """
 
-from granite_fms.checkpoint import fms_config_from_hf, load_model
-from granite_fms.conformer import ConformerConfig, ConformerEncoder
-from granite_fms.granite_speech import ARCHITECTURE, GraniteSpeech, GraniteSpeechConfig
+from granite_fms.hf import fms_config_from_hf, load_model
+from granite_fms.models.conformer import ConformerConfig, ConformerEncoder
+from granite_fms.models.granite_speech import ARCHITECTURE, GraniteSpeech, GraniteSpeechConfig
+from granite_fms.models.qformer import QFormerConfig, QFormerProjector
 from granite_fms.pipeline import SpeechPipeline
-from granite_fms.qformer import QFormerConfig, QFormerProjector
 
 __all__ = [
     "ARCHITECTURE",

@@ -11,15 +11,15 @@
     pipe.compile()                             # or from_pretrained(..., compile=True)
 
 Every request is a batch: one clip or a list in, a list out. `transcribe` and `translate` take
-audio of any length: clips longer than `chunk_length` are cut into windows (`granite_fms.longform`)
-and all windows of all clips are decoded as one batch. Every request runs through the one
-generation loop, `granite_fms.generation.Generator`: eager by default, compiled graphs after
-`compile()` (bucketed shapes, a static KV cache, CUDA graphs on a GPU). Each row keeps its new
-tokens up to (not including) the first EOS; a row cut by `max_new_tokens` is logged as a
-warning (and flagged in `run`'s results).
+audio of any length: clips longer than `chunk_length` are cut into windows
+(`granite_fms.audio.longform`) and all windows of all clips are decoded as one batch. Every
+request runs through the one generation loop, `granite_fms.inference.generation.Generator`:
+eager by default, compiled graphs after `compile()` (bucketed shapes, a static KV cache, CUDA
+graphs on a GPU). Each row keeps its new tokens up to (not including) the first EOS; a row cut
+by `max_new_tokens` is logged as a warning (and flagged in `run`'s results).
 
 Templated prompts carry the pinned system turn of the checkpoint family's preset
-(`granite_fms.prompts`), so a prompt never depends on today's date.
+(`granite_fms.audio.prompts`), so a prompt never depends on today's date.
 """
 
 import json
@@ -30,13 +30,13 @@ from pathlib import Path
 
 import torch
 
-from granite_fms import longform
-from granite_fms.checkpoint import load_model
-from granite_fms.features import AudioClip, encoder_frame_count
-from granite_fms.generation import BucketPolicy, Generation, Generator
-from granite_fms.granite_speech import GraniteSpeech
-from granite_fms.processor import GraniteSpeechProcessor, check_prompt_ids
-from granite_fms.prompts import PromptPreset, preset_for
+from granite_fms.audio import longform
+from granite_fms.audio.features import AudioClip, encoder_frame_count
+from granite_fms.audio.processor import GraniteSpeechProcessor, check_prompt_ids
+from granite_fms.audio.prompts import PromptPreset, preset_for
+from granite_fms.hf.loader import load_model
+from granite_fms.inference.generation import BucketPolicy, Generation, Generator
+from granite_fms.models.granite_speech import GraniteSpeech
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,8 @@ class SpeechPipeline:
 
         chunk_length: clips longer than this many seconds are cut into windows no longer than
             it, "fixed" (equal windows end to end) or by "vad" `segmentation` (long silences
-            skipped, cuts in pauses); see `granite_fms.longform`. A shorter clip is one window.
+            skipped, cuts in pauses); see `granite_fms.audio.longform`. A shorter clip is one
+            window.
         return_segments: per clip `{"text", "segments": [{"id", "start", "end", "text",
             "tokens"}], "warnings": [...]}` (times in seconds from the start of the clip)
             instead of its text; a window that used its whole budget is named in `warnings`.
@@ -298,7 +299,8 @@ class SpeechPipeline:
             last = first + len(plan)
             result = longform.transcript(
                 plan,
-                generations[first:last],
+                [g.tokens for g in generations[first:last]],
+                [g.finished for g in generations[first:last]],
                 texts[first:last],
                 budgets[first:last],
                 rate,

@@ -4,8 +4,8 @@ No weights can be downloaded: tests and experiments build random checkpoints wit
 `transformers.GraniteSpeechForConditionalGeneration.save_pretrained` (or
 `GraniteSpeechPlusForConditionalGeneration`, given `cat_hidden_layers`) and a peft LoRA
 adapter, in the layouts of the real 3.3 (tied embeddings, LoRA) and 4.x (untied, no LoRA)
-releases, and a word-level tokenizer (`word_tokenizer`) whose ids are a model's vocabulary;
-`random_pipeline` pairs one with a registered variant's random weights.
+releases. The word-level tokenizer and the random-weight pipeline of the built-in `tiny`
+variant (`word_tokenizer`, `random_pipeline`) live in `granite_fms.app.demo`.
 """
 
 import math
@@ -115,7 +115,7 @@ def _renamed(config, names: dict[str, str]) -> dict:
 def hf_config_from_fms(config):
     """The transformers `GraniteSpeechConfig` with the shapes of an FMS `GraniteSpeechConfig`.
 
-    The inverse of `granite_fms.checkpoint.fms_config_from_hf`. The LoRA rank and alpha are not
+    The inverse of `granite_fms.hf.config.fms_config_from_hf`. The LoRA rank and alpha are not
     part of it: they live in the peft adapter (`save_hf_checkpoint(lora_rank=, lora_alpha=)`).
     """
     from transformers import GraniteSpeechConfig
@@ -233,62 +233,12 @@ def load_hf_model(path: str | Path, dtype: torch.dtype = torch.float32):
     return _hf_class(model_type).from_pretrained(path, dtype=dtype).eval()
 
 
-# Word-level stand-in for Granite's tokenizer: special tokens first (EOS = 0), the words of the
-# prompt presets, then fillers `w<i>` up to the audio placeholder.
-_SPECIAL = ["<|end_of_text|>", "<unk>", "<|start_of_role|>", "<|end_of_role|>"]
-_WORDS = "user assistant can you transcribe the speech into a written format ? translate to French"
-# Like Granite's: without a system turn it inserts a default one holding today's date.
-CHAT_TEMPLATE = (
-    "{% if messages[0]['role'] != 'system' %}<|start_of_role|>system<|end_of_role|>"
-    "Today's Date: {{ strftime_now('%B %d, %Y') }}.<|end_of_text|>\n{% endif %}"
-    "{% for m in messages %}<|start_of_role|>{{ m['role'] }}<|end_of_role|>{{ m['content'] }}"
-    "<|end_of_text|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|start_of_role|>assistant<|end_of_role|>{% endif %}"
-)
-
-
-def word_tokenizer(vocab_size: int = 128, audio_token_index: int = 127):
-    """A `PreTrainedTokenizerFast` with `vocab_size` words, `<|audio|>` at `audio_token_index`,
-    EOS `<|end_of_text|>` = 0 and a Granite-like chat template (defaults: the tiny test
-    checkpoints; `(49160, 49159)`: the 3.3 vocabulary, e.g. the built-in `tiny` variant)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = _SPECIAL + _WORDS.split()
-    if not len(vocab) <= audio_token_index < vocab_size:
-        raise ValueError(
-            f"audio_token_index must be in [{len(vocab)}, vocab_size={vocab_size}), "
-            f"got {audio_token_index}"
-        )
-    vocab += [f"w{i}" for i in range(audio_token_index - len(vocab))] + ["<|audio|>"]
-    vocab += [f"w{i}" for i in range(audio_token_index, vocab_size - 1)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        eos_token="<|end_of_text|>",
-        pad_token="<|end_of_text|>",
-        additional_special_tokens=["<|start_of_role|>", "<|end_of_role|>", "<|audio|>"],
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-def random_pipeline(
-    variant: str = "tiny", *, dtype: torch.dtype | None = None, device: str = "cpu", seed: int = 0
-):
-    """A `SpeechPipeline` of a registered `granite_speech` variant with random weights (FMS's
-    `get_model` without a checkpoint, seeded) and a `word_tokenizer` of its vocabulary: the
-    built-in default of `granite-fms --variant tiny`, for speed, not for text."""
-    from fms.models import get_model
-
-    from granite_fms.pipeline import SpeechPipeline
-    from granite_fms.processor import GraniteSpeechProcessor
-
-    torch.manual_seed(seed)
-    model = get_model("granite_speech", variant, device_type="cpu", data_type=dtype)
-    model = model.to(device).eval()
-    cfg = model.config
-    tokenizer = word_tokenizer(cfg.text_config.src_vocab_size, cfg.audio_token_index)
-    return SpeechPipeline(model, GraniteSpeechProcessor(tokenizer=tokenizer))
+__all__ = [
+    "hf_config_from_fms",
+    "load_hf_model",
+    "save_hf_checkpoint",
+    "save_variant_checkpoint",
+    "tiny_hf_config",
+    "variant_config",
+    "variant_hf_config",
+]

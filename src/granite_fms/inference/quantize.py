@@ -1,6 +1,6 @@
 """int8 weight-only quantisation of the LLM's linear layers, with torchao.
 
-    from granite_fms.quantize import quantize_llm
+    from granite_fms.inference.quantize import quantize_llm
     quantize_llm(model, "int8")          # in place; or Generator(model, quantize="int8")
 
 Batch-1 decode reads every LLM weight once per token, so halving (bf16) or quartering (fp32)
@@ -19,7 +19,7 @@ A tied head gets its own int8 copy; the embedding keeps the original weights.
 
 import torch.nn as nn
 
-from granite_fms.granite_speech import GraniteSpeech
+from granite_fms.models.granite_speech import GraniteSpeech
 
 SCHEMES = ("int8",)
 

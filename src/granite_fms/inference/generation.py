@@ -42,10 +42,10 @@ import torch.nn.functional as F
 from fms.modules.attention import register_attention_op
 from tqdm.auto import tqdm
 
-from granite_fms.features import AudioFeatures
-from granite_fms.granite_speech import GraniteSpeech
-from granite_fms.processor import check_prompt_ids
-from granite_fms.quantize import quantize_llm
+from granite_fms.audio.features import AudioFeatures
+from granite_fms.audio.processor import check_prompt_ids
+from granite_fms.inference.quantize import quantize_llm
+from granite_fms.models.granite_speech import GraniteSpeech
 
 STATIC_ATTENTION = "granite_fms_static"
 
@@ -289,7 +289,7 @@ class Generator:
     max_caches: static KV caches kept, one per (rows, length) bucket, least recently used
         dropped first (a dropped one is allocated again when its bucket returns).
     quantize: "int8" quantises the LLM's linear weights in place first (weight-only, torchao;
-        see `granite_fms.quantize`).
+        see `granite_fms.inference.quantize`).
     """
 
     def __init__(

@@ -11,7 +11,7 @@
 * vtt: `WEBVTT`, then cues `MM:SS.mmm --> MM:SS.mmm` (hours only from one hour on);
 * tsv: `start`, `end` (integer milliseconds) and `text` columns with a header.
 
-A JSONL dataset record (one row per clip) is `granite_fms.dataset.ResultStore`'s job.
+A JSONL dataset record (one row per clip) is `granite_fms.app.dataset.ResultStore`'s job.
 """
 
 import json

@@ -33,7 +33,8 @@ from typing import Any
 import soundfile as sf
 import torch
 
-from granite_fms import longform
+from granite_fms.app.ranks import Ranks
+from granite_fms.audio import longform
 from granite_fms.pipeline import SpeechPipeline
 
 logger = logging.getLogger(__name__)
@@ -200,94 +201,6 @@ class ResultStore:
             os.fsync(file.fileno())
 
 
-# ----- several processes --------------------------------------------------------------------
-
-
-@dataclass
-class Ranks:
-    """This process's place among `torchrun`'s (rank 0 of 1 without it)."""
-
-    rank: int = 0
-    world: int = 1
-    device: str = "cpu"
-    sharded_model: bool = False  # tensor parallel: every rank runs every clip, rank 0 writes
-
-    @classmethod
-    def from_env(cls, device_type: str) -> "Ranks":
-        """Under torchrun (WORLD_SIZE > 1), join its process group (gloo on CPU, nccl on CUDA:
-        `granite_fms.distributed.init_distributed`); else rank 0 of 1."""
-        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-            return cls(device=device_type)
-        import torch.distributed as dist
-
-        from granite_fms.distributed import init_distributed
-
-        _, device = init_distributed(device_type)
-        return cls(dist.get_rank(), dist.get_world_size(), str(device))
-
-    @classmethod
-    def tensor_parallel(cls, device_type: str) -> "Ranks":
-        """Join torchrun's group for a model sharded over all its ranks (`--distributed`)."""
-        import torch.distributed as dist
-
-        from granite_fms.distributed import init_distributed
-
-        _, device = init_distributed(device_type)
-        return cls(dist.get_rank(), dist.get_world_size(), str(device), sharded_model=True)
-
-    @staticmethod
-    def local_device(device_type: str) -> str:
-        """This process's device: `cuda:LOCAL_RANK` under torchrun on CUDA."""
-        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if device_type == "cuda" else "cpu"
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def shard(self, items: Sequence[Item]) -> list[Item]:
-        if self.sharded_model:
-            return list(items)
-        return list(items[self.rank :: self.world])
-
-    def broadcast(self, obj: Any) -> Any:
-        """Rank 0's `obj` on every rank."""
-        if self.world == 1:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj if self.main else None]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def gather(self, rows: list) -> list:
-        """Every rank's list, concatenated in rank order, on rank 0 ([] elsewhere); with a
-        sharded model every rank made the same rows, so rank 0 keeps its own."""
-        if self.world == 1:
-            return rows
-        if self.sharded_model:
-            return rows if self.main else []
-        import torch.distributed as dist
-
-        out = [None] * self.world if self.main else None
-        dist.gather_object(rows, out, dst=0)
-        return [row for part in out for row in part] if self.main else []
-
-    def max(self, n: int) -> int:
-        if self.world == 1:
-            return n
-        import torch.distributed as dist
-
-        t = torch.tensor([n], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return int(t)
-
-    def close(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
 # ----- running batches ----------------------------------------------------------------------
 
 
@@ -383,7 +296,6 @@ def run(
 
 __all__ = [
     "Item",
-    "Ranks",
     "Request",
     "ResultStore",
     "collect",

@@ -25,12 +25,14 @@ from typing import Any
 
 import torch
 
-from granite_fms import dataset, evaluation, longform, writers
-from granite_fms.dataset import Item, Ranks, Request, ResultStore
-from granite_fms.generation import Generator
+from granite_fms.app import dataset, evaluation, writers
+from granite_fms.app.dataset import Item, Request, ResultStore
+from granite_fms.app.ranks import Ranks
+from granite_fms.audio import longform
+from granite_fms.inference.generation import Generator
 from granite_fms.pipeline import SpeechPipeline, read_eos_token_ids
 
-logger = logging.getLogger("granite_fms.cli")
+logger = logging.getLogger("granite_fms.app.cli")
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 OUTPUT_FORMATS = (*writers.FORMATS, "jsonl", "all")
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--tokenizer",
         help="tokenizer directory, if not the checkpoint's (default for --variant: a word-level "
-        "stand-in, granite_fms.testing.word_tokenizer)",
+        "stand-in, granite_fms.app.demo.word_tokenizer)",
     )
     group.add_argument(
         "--device_type",
@@ -198,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[model, decoding, keyword],
         help="WER, CER, RTFx and tokens/s on a manifest, eager and compiled",
         description="Transcribe a manifest with references in each mode and score it: WER and "
-        "CER (jiwer, after granite_fms.evaluation's normaliser), RTFx and tokens/s. Writes "
+        "CER (jiwer, after granite_fms.app.evaluation's normaliser), RTFx and tokens/s. Writes "
         "the report as JSON (with provenance) and as Markdown beside it.",
     )
     evaluate.add_argument(
@@ -246,8 +248,8 @@ def load_pipeline(args: argparse.Namespace, device: str) -> SpeechPipeline:
     """The pipeline the model flags describe; UsageError for a bad model or tokenizer."""
     from fms.models import list_variants
 
-    from granite_fms.processor import GraniteSpeechProcessor
-    from granite_fms.testing import random_pipeline
+    from granite_fms.app.demo import random_pipeline
+    from granite_fms.audio.processor import GraniteSpeechProcessor
 
     if bool(args.model_path) == bool(args.variant):
         raise UsageError(

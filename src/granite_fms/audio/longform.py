@@ -28,8 +28,6 @@ from typing import Literal, TypedDict
 import torch
 import torch.nn.functional as F
 
-from granite_fms.generation import Generation
-
 Segmentation = Literal["fixed", "vad"]
 SEGMENTATIONS = ("fixed", "vad")
 
@@ -203,25 +201,27 @@ def budget(seconds: float, whole_clip: bool) -> int:
 
 def transcript(
     windows: Sequence[Window],
-    generations: Sequence[Generation],
+    tokens: Sequence[list[int]],
+    finished: Sequence[bool],
     texts: Sequence[str],
     budgets: Sequence[int],
     sample_rate: int,
     stops: bool,
 ) -> Transcript:
-    """One clip's result from its windows' generations and decoded texts, in order.
+    """One clip's result from its windows' new tokens, whether each ended with an EOS, and
+    their decoded texts, in order.
 
     stops: whether generation had an EOS id; without one every row runs its whole budget and
     that is not worth a warning.
     """
     segments: list[Segment] = []
     warnings: list[str] = []
-    for i, (window, gen, text, limit) in enumerate(
-        zip(windows, generations, texts, budgets, strict=True)
+    for i, (window, ids, ended, text, limit) in enumerate(
+        zip(windows, tokens, finished, texts, budgets, strict=True)
     ):
         start, end = window.start / sample_rate, window.end / sample_rate
-        segments.append(Segment(id=i, start=start, end=end, text=text, tokens=gen.tokens))
-        if stops and not gen.finished:
+        segments.append(Segment(id=i, start=start, end=end, text=text, tokens=ids))
+        if stops and not ended:
             warnings.append(
                 f"segment {i} ({start:.2f}-{end:.2f} s) used its whole budget of {limit} new "
                 "tokens without an end of text: its text may be cut"

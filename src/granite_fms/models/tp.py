@@ -1,7 +1,7 @@
 """Tensor parallel Granite Speech with FMS's `TensorParallelStrategy`.
 
     # torchrun --nproc-per-node 2 script.py
-    strategy, device = init_distributed("cuda")          # "tp" under torchrun, else None
+    strategy, device = granite_fms.app.ranks.init_distributed("cuda")   # "tp" under torchrun
     model = granite_fms.load_model(path, device=device, distributed_strategy=strategy)
 
 What is sharded is what FMS shards in its own `Granite`: each decoder block's attention (query
@@ -9,9 +9,6 @@ and key/value heads, output projection) and gated MLP, with one all-reduce after
 LoRA adapter follows the fused QKV it adds to (`lora.TPLoRAFusedQKV`). The embedding, the head,
 the encoder and the projector are replicated, as FMS keeps its vision towers replicated.
 """
-
-import os
-from collections.abc import MutableMapping
 
 import torch
 import torch.distributed as dist
@@ -22,33 +19,7 @@ from fms.distributed.strategy import (
     TensorParallelStrategy,
 )
 from fms.models.granite import GraniteConfig
-from fms.utils import serialization
 from torch import nn
-
-_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-def init_distributed(device_type: str = "cuda") -> tuple[str | None, torch.device]:
-    """Initialise torch.distributed from torchrun's environment (FMS's `--distributed`).
-
-    Returns the strategy name for `load_model` / `get_model` ("tp"; None for a single process)
-    and this rank's device (`cuda:LOCAL_RANK`, or the CPU). NCCL on CUDA, gloo on the CPU.
-    """
-    if device_type not in ("cuda", "cpu"):
-        raise ValueError(f"device_type must be 'cuda' or 'cpu', got {device_type!r}")
-    missing = [name for name in _TORCHRUN_ENV if name not in os.environ]
-    if missing:
-        raise ValueError(
-            f"distributed mode needs torchrun (environment variables {missing} are not set); "
-            "run e.g. `torchrun --nproc-per-node 2 ...`"
-        )
-    local_rank = int(os.environ["LOCAL_RANK"])
-    device = torch.device(device_type, local_rank) if device_type == "cuda" else torch.device("cpu")
-    if device_type == "cuda":
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    return ("tp" if dist.get_world_size() > 1 else None), device
 
 
 def strategy_from_name(name: str | None) -> DistributedStrategy:
@@ -62,7 +33,7 @@ def strategy_from_name(name: str | None) -> DistributedStrategy:
     if not dist.is_initialized():
         raise ValueError(
             "distributed_strategy='tp' needs an initialised process group "
-            "(granite_fms.distributed.init_distributed() under torchrun)"
+            "(granite_fms.app.ranks.init_distributed() under torchrun)"
         )
     return TensorParallelStrategy()
 
@@ -97,27 +68,6 @@ def check_strategy(strategy: DistributedStrategy, text: GraniteConfig) -> None:
         )
 
 
-def load_sharded(
-    model: nn.Module, state: MutableMapping[str, torch.Tensor], device: torch.device
-) -> None:
-    """Copy full FMS-named tensors into a model built on meta with TensorParallelStrategy.
-
-    FMS's loader shards each tensor that lies under a TP module (its `load_weights`) and copies
-    the rest whole; it consumes `state`, one layer at a time, onto `device`.
-    """
-    from granite_fms.granite_speech import ARCHITECTURE  # it imports this module
-
-    serialization.load_state_dict_into_model(
-        model,
-        state,
-        architecture=ARCHITECTURE,
-        source="fms",  # already adapted: no adapter step runs again
-        distributed_strategy="tp",
-        initial_device=device,
-        rank=dist.get_rank(),
-    )
-
-
 def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
     """This rank's parameters per part ("encoder", "projector", "llm"): those in sharded
     tensors, those in replicated ones, and the unsharded model's total."""
@@ -134,8 +84,6 @@ def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
 
 __all__ = [
     "check_strategy",
-    "init_distributed",
-    "load_sharded",
     "parameter_counts",
     "strategy_from_name",
 ]

@@ -10,7 +10,6 @@ exactly `logits_scaling` times ours; greedy tokens are the same, log-probs are n
 """
 
 import functools
-import inspect
 import json
 import logging
 import re
@@ -26,10 +25,12 @@ from fms.models.granite import Granite, GraniteConfig
 from fms.utils import serialization
 from fms.utils.config import ModelConfig
 
-from granite_fms.conformer import ConformerConfig, ConformerEncoder
-from granite_fms.distributed import check_strategy
-from granite_fms.lora import LoRAFusedQKV, add_lora
-from granite_fms.qformer import QFormerConfig, QFormerProjector
+from granite_fms.files import check_fms_directory
+from granite_fms.fms_compat import get_model_directory
+from granite_fms.models.conformer import ConformerConfig, ConformerEncoder
+from granite_fms.models.lora import LoRAFusedQKV, add_lora
+from granite_fms.models.qformer import QFormerConfig, QFormerProjector
+from granite_fms.models.tp import check_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -392,29 +393,12 @@ if ARCHITECTURE != _FMS_NAME:
 def _factory(config: GraniteSpeechConfig):
     def factory(**kwargs):
         kwargs.pop("vision_only", None)  # get_model passes it to every model
-        _check_get_model_directory()
+        model_dir = get_model_directory()
+        if model_dir is not None:  # refused before FMS reads any tensor
+            check_fms_directory(model_dir)
         return GraniteSpeech(config, **kwargs)
 
     return factory
-
-
-def _check_get_model_directory() -> None:
-    """Refuse, before any tensor is read, a directory FMS's `get_model` would load wrongly.
-
-    `get_model(..., model_path=DIR, source="hf")` loads every `*.safetensors` in DIR, index or
-    not, and passes the path to neither this factory nor the adapter: it is read from
-    get_model's own frame.
-    """
-    frame = inspect.currentframe()
-    while frame is not None and frame.f_code is not models.get_model.__code__:
-        frame = frame.f_back
-    if frame is None:
-        return
-    model_path, source = frame.f_locals.get("model_path"), frame.f_locals.get("source")
-    if model_path is not None and source == "hf":
-        from granite_fms.checkpoint import check_fms_directory  # it imports this module
-
-        check_fms_directory(model_path)
 
 
 models.register_model(ARCHITECTURE, "3.3-2b", _factory(_3_3_2b_config))

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from granite_fms.checkpoint import read_hf_config, read_json
-from granite_fms.features import AudioClip, GraniteSpeechFeatureExtractor
+from granite_fms.audio.features import AudioClip, GraniteSpeechFeatureExtractor
+from granite_fms.files import read_json
+from granite_fms.hf.config import read_hf_config
 
 logger = logging.getLogger(__name__)
 

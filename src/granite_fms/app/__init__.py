@@ -1,0 +1,1 @@
+"""What a user runs: the `granite-fms` command line, dataset runs, writers, evaluation."""

@@ -1,0 +1,1 @@
+"""Audio in, model inputs out: waveforms and features, prompts, long-form windows."""
