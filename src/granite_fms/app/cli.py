@@ -6,6 +6,7 @@
     granite-fms translate talk.wav --model_path CKPT --target_language French
     granite-fms eval --model_path CKPT --manifest test-clean.jsonl --output results/eval.json
     granite-fms transcribe clips/ --variant tiny    # the built-in default: random weights
+    granite-fms serve --model_path CKPT --compile   # OpenAI-compatible server on :8000
 
 Flags shared with FMS's `scripts/inference.py` keep its names (`--model_path`, `--variant`,
 `--tokenizer`, `--device_type`, `--default_dtype`, `--compile`, `--compile_mode`); output flags
@@ -217,6 +218,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="generation modes, run one after the other on the same clips (default: both); "
         "a compiled mode is timed after a warm-up pass",
     )
+    serve = sub.add_parser(
+        "serve",
+        parents=[model],
+        help="an OpenAI-compatible transcription server with dynamic batching",
+        description="Serve /v1/audio/transcriptions and /v1/audio/translations (and /v1/models, "
+        "/health, /metrics) with FastAPI on uvicorn; requests that arrive together are decoded "
+        "in one batch. With --compile, every batch size is compiled before the port opens. "
+        "See granite_fms.app.server.",
+    )
+    flag = serve.add_argument
+    flag("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    flag("--port", type=int, default=8000, help="port (default 8000)")
+    flag("--max_batch_size", type=_positive_int, default=8, help="requests per batch (default 8)")
+    flag("--batch_window_ms", type=float, default=20.0, help="ms to gather a batch (default 20)")
+    flag(
+        "--api-key",
+        dest="api_key",
+        default=os.environ.get("GRANITE_FMS_API_KEY"),
+        help="require 'Authorization: Bearer KEY' (default: $GRANITE_FMS_API_KEY, else none)",
+    )
+    flag("--max_file_mb", type=float, default=25.0, help="largest upload, else 413 (default 25)")
+    flag("--max_audio_s", type=float, default=600.0, help="longest audio, else 413 (default 600)")
+    flag("--max_queue", type=_positive_int, default=64, help="queue, else 503 (default 64)")
     return parser
 
 
@@ -235,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("granite_fms.pipeline").setLevel(logging.ERROR)
     try:
         try:
+            if args.command == "serve":
+                return _serve(args)
             return _eval(args) if args.command == "eval" else _transcribe(args)
         except UsageError as e:
             print(f"granite-fms: error: {e}", file=sys.stderr)
@@ -444,6 +470,32 @@ class _Progress:
                 f"{wall:.1f} s: RTFx {self.rtfx(wall):.1f}",
                 file=sys.stderr,
             )
+
+
+# ----- serve ----------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from granite_fms.app import server
+
+    try:
+        options = server.ServeOptions(
+            **{f.name: getattr(args, f.name) for f in fields(server.ServeOptions)}
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    if args.distributed:
+        raise UsageError("serve runs one model in one process; --distributed does not apply")
+    pipe = load_pipeline(args, Ranks.local_device(args.device_type))
+    name = (
+        Path(args.model_path).resolve().name
+        if args.model_path
+        else f"granite-speech-{args.variant}"
+    )
+    server.run(pipe, options, model=name, host=args.host, port=args.port, warmup=args.compile)
+    return 0
 
 
 # ----- eval -----------------------------------------------------------------------------------
