@@ -24,6 +24,7 @@ BENCH = [  # (module, minutes on 2 unloaded cores), in the order they run
     ("experiments.ablate_freezing", 1),
     ("experiments.ablate_merge", 1),
     ("experiments.profile_regions", 1),
+    ("experiments.bench_serve", 3),
 ]
 
 

@@ -19,6 +19,7 @@ PAGES = {
     "profile": ("Profile of the compiled regions", ["profile_regions"]),
     "eval": ("Transcription: WER and RTFx", ["eval"]),
     "longform": ("Long-form speed", ["longform"]),
+    "serving": ("Serving under load", ["bench_serve"]),
 }
 MODES = list(MODE_NOTES)
 
@@ -352,6 +353,32 @@ def profile_lines(run: dict) -> list[str]:
     return lines + evidence_lines(run)
 
 
+SERVE_COLUMNS = [
+    "concurrency",
+    "requests",
+    "errors",
+    "throughput_audio_s_per_s",
+    "p50_s",
+    "p90_s",
+    "p99_s",
+    "batches",
+    "mean_batch_size",
+    "batch_sizes",
+    "load_before",
+    "load_after",
+]
+
+
+def serve_lines(run: dict) -> list[str]:
+    """One row per concurrency; `batch_sizes` is how many batches of each size range formed."""
+    rows = [
+        {**r, "batch_sizes": ", ".join(f"{k}: {n}" for k, n in r["batch_sizes"].items())}
+        for r in run["rows"]
+    ]
+    lines = run_header(run, "Serving under load") + [f"{run['what']}.", ""]
+    return lines + columns(rows, SERVE_COLUMNS) + evidence_lines(run)
+
+
 def generic_lines(run: dict) -> list[str]:
     """Any run file: its rows (every scalar column) and its evidence."""
     rows = run.get("rows") or []
@@ -367,5 +394,6 @@ RENDER = {
     "census_generator": census_lines,
     "latency": latency_lines,
     "profile_regions": profile_lines,
+    "bench_serve": serve_lines,
     **{name: variants_lines for name in PAGES["ablations"][1]},
 }

@@ -105,10 +105,17 @@ class AudioForm(BaseModel):
 class ApiError(Exception):
     """An answer other than 200, with OpenAI's error body."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str = ""):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str = "",
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
-        self.headers: dict[str, str] = {}
+        self.headers = headers or {}
 
     def response(self) -> JSONResponse:
         kind = "server_error" if self.status >= 500 else "invalid_request_error"
@@ -204,6 +211,7 @@ class Gate:
             return await self.app(scope, receive, send)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id = uuid.uuid4().hex[:12]
+        rid = request_id.encode()
         start, status = time.perf_counter(), 499  # nginx's "client closed request"
 
         async def send_with_id(message):
@@ -213,7 +221,6 @@ class Gate:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
             await send(message)
 
-        rid = request_id.encode()
         try:
             refused = self._refusal(scope)
             if refused is None:
@@ -276,9 +283,9 @@ class AudioService:
         try:
             job = self.worker.submit(request, wave)
         except QueueFull as e:
-            error = ApiError(503, f"the server is busy: {e}; retry later", code="queue_full")
-            error.headers["Retry-After"] = str(self.worker.retry_after())
-            raise error from e
+            retry = {"Retry-After": str(self.worker.retry_after())}
+            message = f"the server is busy: {e}; retry later"
+            raise ApiError(503, message, code="queue_full", headers=retry) from e
         try:
             done = await _result(job, http)
         except Exception as e:  # the worker logged it
