@@ -89,7 +89,7 @@ def test_transcribe_a_folder_writes_every_format(dirs, clips, tmp_path, capsys):
 def test_help_documents_every_flag():
     parser = cli.build_parser()
     subparsers = next(a for a in parser._actions if a.dest == "command").choices
-    assert set(subparsers) == {"transcribe", "translate", "eval"}
+    assert set(subparsers) == {"transcribe", "translate", "eval", "serve"}
     for name, sub in subparsers.items():
         for action in sub._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"

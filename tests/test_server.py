@@ -223,6 +223,7 @@ def test_openai_client_every_format(main, model, alone):
     assert out["vtt"].startswith("WEBVTT\n\n00:00.000 --> 00:02.400\n")
 
 
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the client's translations
 def test_openai_client_keywords_and_translation(main, model, alone):
     client, clip = main.openai(), DATA / "long_16k.wav"
     keywords = client.audio.transcriptions.create(
