@@ -8,7 +8,8 @@ A script is a `main()` that measures and writes one JSON per run:
     run.write(rows=[...], evidence={...}, not_measured={...}, headline=[...])
 
 The file is `<out>/<experiment>/<scope>.json` (default out: results/runs; scratch/runs for
---quick), so a new run of the same scope replaces the old one and git keeps the history.
+--quick), so a new run of the same scope replaces the old one and git keeps the history, except
+that a flagged run never replaces a clean one unless --replace-clean says so (see `judge`).
 `experiments/report.py` renders every run file into the site when the docs are built.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -35,6 +37,11 @@ RESULTS = REPO / "results" / "runs"
 SCRATCH = REPO / "scratch" / "runs"
 CONSTRAINTS = REPO / "constraints.txt"
 CODE_PATHS = ("src", "experiments")  # the code whose uncommitted changes a run's hash covers
+REFUSED = REPO / "scratch" / "refused"  # flagged runs that a clean run file kept out
+# One torch thread per process unless --threads says otherwise: on a machine other jobs share,
+# an OpenMP thread that waits at a barrier for one the OS has descheduled slows some modes far
+# more than others (measured: results/runs/latency/, experiments/README.md).
+THREADS = 1
 T = TypeVar("T")
 # Hugging Face's own bars (writing and loading checkpoints) would interleave with the run's.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -57,13 +64,25 @@ def parser(doc: str | None, device: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a smoke run: smaller and faster")
     p.add_argument(
         "--threads",
-        type=int,
-        help="torch threads (default: torch's choice; on a "
-        "machine other jobs share, 1 keeps OpenMP threads from waiting on each other)",
+        type=_positive,
+        help=f"torch threads (default {THREADS}: on a machine other jobs share, one thread "
+        "per process keeps OpenMP threads from waiting on each other)",
+    )
+    p.add_argument(
+        "--replace-clean",
+        action="store_true",
+        help="write a flagged run over a clean run file of the same scope (refused otherwise: "
+        f"it goes to {REFUSED.relative_to(REPO)}/)",
     )
     if device:
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     return p
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
 
 
 def device_of(args: argparse.Namespace) -> torch.device:
@@ -79,22 +98,35 @@ def scope_of(device: torch.device, model: str = "tiny") -> str:
 
 
 class Run:
-    """One run of an experiment: provenance at the start, a JSON file at the end."""
+    """One run of an experiment: threads and provenance at the start, a JSON file at the end,
+    with the `conditions` its timings were taken under (`judge`)."""
 
     def __init__(self, experiment: str, scope: str, args: argparse.Namespace, *, model: str):
         self.experiment, self.scope, self.model = experiment, scope, model
         self.quick = bool(getattr(args, "quick", False))
-        if getattr(args, "threads", None):
-            torch.set_num_threads(args.threads)
+        self.threads_from = "--threads" if getattr(args, "threads", None) else "default"
+        torch.set_num_threads(getattr(args, "threads", None) or THREADS)
+        self.replace_clean = bool(getattr(args, "replace_clean", False))
         self.out = args.out or (SCRATCH if self.quick else RESULTS)
         self.provenance = provenance()
         self.load_start = os.getloadavg()
         self._start = time.perf_counter()
+        self._first_task = len(TIMED)
 
     def write(self, **payload) -> Path:
         """rows, evidence (flat), not_measured (key -> reason), headline (evidence keys), ..."""
         runtime = time.perf_counter() - self._start
-        self.provenance["load_average"] = {"start": self.load_start, "end": os.getloadavg()}
+        load = {"start": self.load_start, "end": os.getloadavg()}
+        self.provenance["load_average"] = load
+        device = self.provenance["device"]
+        conditions = judge(
+            TIMED[self._first_task :],
+            threads=torch.get_num_threads(),
+            cores=device.get("cpu_affinity") or device.get("cpu_count") or 1,
+            on_gpu=device.get("gpu") is not None,
+            load=load,
+            timings=_has_timings(payload.get("rows")),
+        )
         record = {
             "experiment": self.experiment,
             "scope": self.scope,
@@ -102,13 +134,32 @@ class Run:
             "quick": self.quick,
             "runtime_s": round(runtime, 1),
             "provenance": self.provenance,
+            "conditions": {"threads_from": self.threads_from, **conditions},
             **payload,
         }
         path = Path(self.out) / self.experiment / f"{self.scope}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=1, default=_jsonable) + "\n")
+        path = write_record(record, path, self.replace_clean)
         print(f"{self.experiment}: wrote {path} in {runtime:.0f} s", flush=True)
         return path
+
+
+def write_record(record: dict, path: Path, replace_clean: bool = False) -> Path:
+    """Write a run file at `path`, unless it would put a flagged run over a clean one: then,
+    unless `replace_clean`, the clean file stays and the new run goes to scratch/refused/,
+    which is said on stdout. Returns the path written."""
+    old = json.loads(path.read_text()) if path.is_file() else None
+    new_flagged = record["conditions"]["flagged"]
+    if old is not None and new_flagged and not conditions_of(old)["flagged"] and not replace_clean:
+        kept, path = path, REFUSED / record["experiment"] / path.name
+        print(
+            f"{record['experiment']}: NOT replacing the clean run file {kept} with this flagged "
+            f"run ({'; '.join(record['conditions']['reasons'])}); it goes to {path} instead. "
+            "Rerun under quieter conditions, or pass --replace-clean to replace it.",
+            flush=True,
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1, default=_jsonable) + "\n")
+    return path
 
 
 def _jsonable(value):
@@ -216,6 +267,143 @@ def provenance() -> dict:
     return p
 
 
+# ----- noise: the conditions timings were taken under ------------------------------------------
+
+# A run is flagged (its ratios untrustworthy) when, over its timed calls:
+LOAD_OVER_CORES = 1.0  # the mean count of runnable threads exceeds the cores it may use;
+SPREAD_MAX = 0.10  # a task's median is known no better than +-10% (so a ratio of two: ~14%);
+CPU_OVER_WALL_MIN = 0.8  # on CPU, the process got under 80% of a core while timed.
+EXTEND = 2.0  # a task whose spread is above SPREAD_MAX gets up to twice its reps and budget
+
+
+def machine_load() -> tuple[int | None, float]:
+    """Runnable threads on the whole machine right now (ours included; /proc/loadavg, Linux)
+    and the 1-minute load average. The count is read after each timed call: averaged over
+    many, it is the load during the timings, without the 1-minute average's memory of the
+    compiles before them."""
+    load = os.getloadavg()[0]
+    try:
+        fields = Path("/proc/loadavg").read_text().split()
+        return int(fields[3].split("/")[0]), load
+    except (OSError, IndexError, ValueError):
+        return None, load
+
+
+def median_spread(samples: list[float]) -> float | None:
+    """Relative half-width of a distribution-free 90% confidence interval of the median: the
+    order statistics x_(j) and x_(n+1-j), j the largest with P(Binomial(n, 1/2) < j) <= 5%
+    (below 5 samples no interval reaches 90%: min and max). None below 2 samples. The spread
+    of a ratio of two medians is about the root of the sum of their squares (`ratio_spread`)."""
+    x = np.sort(np.asarray(samples, dtype=float))
+    n = x.size
+    if n < 2:
+        return None
+    j, below = 1, 0.0
+    for k in range(n):  # below = P(B <= k), in logs: 2**-n underflows for large n
+        below += math.exp(
+            math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) - n * math.log(2)
+        )
+        if below > 0.05:
+            break
+        j = max(j, k + 1)
+    median = float(np.median(x))
+    return float(x[n - j] - x[j - 1]) / 2 / median if median > 0 else None
+
+
+def ratio_spread(*spreads: float | None) -> float | None:
+    """The relative spread of a ratio (or product) of medians with these spreads."""
+    if any(s is None for s in spreads):
+        return None
+    return math.sqrt(sum(s * s for s in spreads))
+
+
+def judge(
+    tasks: list[dict],
+    *,
+    threads: int,
+    cores: int,
+    on_gpu: bool,
+    load: dict,
+    timings: bool = True,
+) -> dict:
+    """A run's `conditions` from its timed tasks (`TIMED` entries), and whether they flag it.
+    Without timed tasks, a run that holds timings (`timings`) is judged on its 1-minute load
+    average at start and end, and one that holds none (counts, parity) is not judged."""
+    ends = [load["start"][0], load["end"][0]]
+    out = {
+        "threads": threads,
+        "cores": cores,
+        "timed_tasks": len(tasks),
+        "timed_calls": sum(t["calls"] for t in tasks),
+        "load_1min": {"start": ends[0], "end": ends[1]},
+        "thresholds": {
+            "runnable_over_cores": LOAD_OVER_CORES,
+            "spread": SPREAD_MAX,
+            "cpu_over_wall": CPU_OVER_WALL_MIN if not on_gpu else None,
+        },
+    }
+    reasons = []
+    if tasks:
+        readings = [n for t in tasks for n in t["runnable"]]
+        loads = [x for t in tasks if t["load_1min"] for x in t["load_1min"]]
+        wall = sum(t["wall_s"] for t in tasks)
+        spread = max(tasks, key=lambda t: -1 if t["spread"] is None else t["spread"])
+        slowest = min(tasks, key=lambda t: t["cpu_over_wall"] or math.inf)
+        out.update(
+            runnable=float(np.mean(readings)) if readings else None,
+            cpu_over_wall=sum(t["cpu_s"] for t in tasks) / wall if wall > 0 else None,
+            cpu_over_wall_lowest={"task": slowest["task"], "value": slowest["cpu_over_wall"]},
+            spread=spread["spread"],
+            spread_task=spread["task"],
+        )
+        out["load_1min"].update(
+            timed_min=min(loads, default=None), timed_max=max(loads, default=None)
+        )
+        if out["runnable"] is not None and out["runnable"] > LOAD_OVER_CORES * cores:
+            reasons.append(
+                f"load: {out['runnable']:.1f} runnable threads (ours included) on {cores} cores"
+            )
+        if out["spread"] is not None and out["spread"] > SPREAD_MAX:
+            reasons.append(
+                f"spread: median of {out['spread_task']} known to +-{out['spread']:.0%} "
+                f"(above {SPREAD_MAX:.0%})"
+            )
+        cpu = out["cpu_over_wall"]
+        if not on_gpu and cpu is not None and cpu < CPU_OVER_WALL_MIN:
+            reasons.append(f"cpu/wall: {cpu:.2f} of a core while timed (under {CPU_OVER_WALL_MIN})")
+    elif timings:
+        out["note"] = "no timed tasks (harness.Task): judged on the 1-minute load average"
+        if max(ends) > LOAD_OVER_CORES * cores:
+            reasons.append(f"load: 1-minute load average up to {max(ends):.1f} on {cores} cores")
+    else:
+        out["note"] = "no timings: not judged"
+    return {**out, "flagged": bool(reasons), "reasons": reasons}
+
+
+def _has_timings(rows) -> bool:
+    return any(isinstance(r, dict) and "median_ms" in r for r in rows or [])
+
+
+def conditions_of(run: dict) -> dict:
+    """A run file's `conditions`; for one written before the harness measured them, judged
+    from what it recorded (its 1-minute load average at start and end) and marked so."""
+    if "conditions" in run:
+        return run["conditions"]
+    p = run["provenance"]
+    load = p.get("load_average") or {"start": [0.0], "end": [0.0]}
+    device = p.get("device") or {}
+    cores = device.get("cpu_affinity") or device.get("cpu_count") or 1
+    out = judge(
+        [],
+        threads=device.get("torch_threads"),
+        cores=cores,
+        on_gpu=bool(device.get("gpu")),
+        load=load,
+        timings=_has_timings(run.get("rows")),
+    )
+    return {**out, "recorded": False}
+
+
 # ----- timing ------------------------------------------------------------------------------
 
 
@@ -269,7 +457,10 @@ class Stamps:
 class Task:
     """One thing to time. `fn` returns None (the call is timed) or, with `inner`, its own list
     of samples in seconds (e.g. per-token intervals of one generation). `setup` runs untimed
-    before every call. Calls stop at `max_reps`, or at `min_reps` once `budget_s` is spent."""
+    before every call. Calls stop at `max_reps`, or at `min_reps` once `budget_s` is spent,
+    unless the median is still known no better than `SPREAD_MAX`: then they go on until it is,
+    or until `EXTEND` times `max_reps` or `budget_s`. Every call also records the process CPU
+    time and, after it, the machine's load (`machine_load`)."""
 
     fn: Callable[[], object]
     reps: tuple[int, int, float] = (3, 10, 5.0)  # min, max, budget seconds
@@ -278,30 +469,74 @@ class Task:
     samples: list[float] = field(default_factory=list)
     calls: int = 0
     spent_s: float = 0.0
+    cpu_s: float = 0.0
+    runnable: list[int] = field(default_factory=list)
+    load_1min: list[float] = field(default_factory=list)
 
     def done(self) -> bool:
         least, most, budget = self.reps
-        return self.calls >= most or (self.calls >= least and self.spent_s >= budget)
+        if self.calls < least:
+            return False
+        if self.calls >= most * EXTEND or self.spent_s >= budget * EXTEND:
+            return True
+        spread = median_spread(self.samples)
+        reps_done = self.calls >= most or self.spent_s >= budget
+        return reps_done and (spread is None or spread <= SPREAD_MAX)
 
     def run_once(self, device: torch.device) -> None:
         if self.setup is not None:
             self.setup()
+        cpu = time.process_time()
         seconds, out = timed_result(self.fn, device)
+        self.cpu_s += time.process_time() - cpu
         self.samples.extend(out if self.inner else [seconds])
         self.spent_s += seconds
         self.calls += 1
+        runnable, load = machine_load()
+        self.load_1min.append(load)
+        if runnable is not None:
+            self.runnable.append(runnable)
+
+    def conditions(self) -> dict:
+        """What its calls ran under: the spread of its median, CPU over wall time, the mean
+        count of runnable threads and the range of the 1-minute load average."""
+        return {
+            "spread": median_spread(self.samples),
+            "cpu_over_wall": self.cpu_s / self.spent_s if self.spent_s > 0 else None,
+            "runnable": float(np.mean(self.runnable)) if self.runnable else None,
+            "load_1min": [min(self.load_1min), max(self.load_1min)] if self.load_1min else None,
+        }
+
+
+# Every task `round_robin` timed in this process, for the `conditions` of the run file.
+TIMED: list[dict] = []
 
 
 def round_robin(tasks: dict[Hashable, Task], device: torch.device, warm_up: bool = True) -> dict:
     """Warm every task up once, then one call of each unfinished task per round, so a slow
-    period of a shared machine falls on every variant alike. Returns name -> summary."""
+    period of a shared machine falls on every variant alike. Returns name -> summary, with the
+    task's `conditions`."""
     if warm_up:
         for task in tasks.values():
             task.fn()
     while pending := [t for t in tasks.values() if not t.done()]:
         for task in pending:
             task.run_once(device)
-    return {name: {"runs": t.calls, **summarize(t.samples)} for name, t in tasks.items()}
+    out = {}
+    for name, t in tasks.items():
+        out[name] = {"runs": t.calls, **summarize(t.samples), "conditions": t.conditions()}
+        label = " ".join(map(str, name)) if isinstance(name, tuple) else str(name)
+        TIMED.append(
+            {
+                "task": label,
+                "calls": t.calls,
+                "wall_s": t.spent_s,
+                "cpu_s": t.cpu_s,
+                "runnable": list(t.runnable),
+                **{k: v for k, v in out[name]["conditions"].items() if k != "runnable"},
+            }
+        )
+    return out
 
 
 class PeakMemory:

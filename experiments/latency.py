@@ -153,17 +153,32 @@ def best_compiled(device_type: str) -> str:
     return "fms_compiled_cudagraphs" if device_type == "cuda" else "fms_compiled"
 
 
+def speedups(e2e: dict[str, dict | None], best: str) -> dict:
+    """From e2e summaries per mode: `e2e_speedup_vs_<mode>`, the best compiled mode's speed-up
+    over each other mode, and its relative spread `e2e_speedup_spread_vs_<mode>` (None where a
+    run recorded no spread)."""
+    fast, out = e2e[best], {}
+    for mode, slow in e2e.items():
+        if slow is None or mode == best:
+            continue
+        spreads = [(r.get("conditions") or {}).get("spread") for r in (slow, fast)]
+        out[f"e2e_speedup_vs_{mode}"] = slow["median_ms"] / fast["median_ms"]
+        out[f"e2e_speedup_spread_vs_{mode}"] = harness.ratio_spread(*spreads)
+    return out
+
+
 def evidence_of(rows: list[dict], floor: dict, agree: dict, device_type: str) -> dict:
     """Flat values the docs quote: per workload L and mode m, e2e_ms_m_L, first_call_s_m_L,
-    e2e_speedup_vs_hf_eager_L; at the target workload (the first) also the stages, the speed-ups
-    without suffix, decode tokens/s, the floor ratio and the warm-up."""
+    e2e_speedup_vs_hf_eager_L (and its spread); at the target workload (the first) also the
+    stages, the speed-ups (and spreads) without suffix, decode tokens/s, the floor ratio and the
+    warm-up."""
     best = best_compiled(device_type)
 
-    def median(**match):
-        for r in rows:
-            if "median_ms" in r and all(r.get(k) == v for k, v in match.items()):
-                return r["median_ms"]
-        return None
+    def e2e_of(label: str) -> dict[str, dict | None]:
+        audio_s, batch = float(label.split("s_b")[0]), int(label.split("s_b")[1])
+        match = dict(audio_s=audio_s, batch=batch, stage="e2e")
+        found = {r["mode"]: r for r in rows if all(r.get(k) == v for k, v in match.items())}
+        return {m: found.get(m) for m in MODE_NOTES}
 
     ev, labels = {}, []
     for r in rows:
@@ -181,17 +196,14 @@ def evidence_of(rows: list[dict], floor: dict, agree: dict, device_type: str) ->
             if r["stage"] == "decode":
                 ev[f"decode_tokens_per_s_{r['mode']}_{label}"] = 1e3 / r["median_ms"]
     for label in labels:
-        audio_s, batch = float(label.split("s_b")[0]), int(label.split("s_b")[1])
-        e2e = {m: median(audio_s=audio_s, batch=batch, mode=m, stage="e2e") for m in MODE_NOTES}
-        ev[f"e2e_speedup_vs_hf_eager_{label}"] = e2e["hf_eager"] / e2e[best]
+        ratios = speedups(e2e_of(label), best)
+        for key in ("e2e_speedup_vs_hf_eager", "e2e_speedup_spread_vs_hf_eager"):
+            ev[f"{key}_{label}"] = ratios[key]
         for mode, value in agree.get(label, {}).items():
             ev[f"token_agreement_{mode}_{label}"] = value
     target = labels[0]
     ev.update({k.removesuffix(f"_{target}"): v for k, v in list(ev.items()) if k.endswith(target)})
-    for other in ("hf_eager", "hf_compiled", "fms_eager"):
-        ev[f"e2e_speedup_vs_{other}"] = (
-            ev[f"e2e_ms_{other}_{target}"] / ev[f"e2e_ms_{best}_{target}"]
-        )
+    ev.update(speedups(e2e_of(target), best))
     ev["target_workload"] = target
     ev["best_compiled_mode"] = best
     ev["warmup_s"] = ev[f"first_call_s_{best}_{target}"]
