@@ -66,6 +66,15 @@ def bench(session: nox.Session) -> None:
         session.run("python", "-m", module, *session.posargs)
 
 
+@nox.session(python=PYTHON)
+def check(session: nox.Session) -> None:
+    """Reproducibility: re-measure the latency headline ratios on the committed run's target
+    workload and compare them with results/runs/latency/cpu.json within both runs' spread,
+    with both runs' conditions side by side; fails on drift (experiments/check.py)."""
+    _install(session, "dev")
+    session.run("python", "-m", "experiments.check", *session.posargs)
+
+
 @nox.session(python=PYTHON, name="eval")
 def eval_(session: nox.Session) -> None:
     """WER, CER, RTFx and tokens/s of `granite-fms eval`, eager and compiled, on the built-in

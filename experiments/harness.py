@@ -372,7 +372,7 @@ def judge(
         if not on_gpu and cpu is not None and cpu < CPU_OVER_WALL_MIN:
             reasons.append(f"cpu/wall: {cpu:.2f} of a core while timed (under {CPU_OVER_WALL_MIN})")
     elif timings:
-        out["note"] = "no timed tasks (harness.Task): judged on the 1-minute load average"
+        out["note"] = "no timed tasks: judged on the 1-minute load average at start and end"
         if max(ends) > LOAD_OVER_CORES * cores:
             reasons.append(f"load: 1-minute load average up to {max(ends):.1f} on {cores} cores")
     else:

@@ -7,6 +7,7 @@ tables, then the values the docs may quote. `generic_lines` renders any run file
 
 from __future__ import annotations
 
+from experiments.harness import conditions_of
 from experiments.modes import MODE_NOTES, STAGE_NOTES
 
 ABLATIONS = ("kv_cache", "sdpa", "fused_weights", "freezing", "merge")
@@ -96,7 +97,6 @@ def provenance_line(run: dict) -> str:
     if mismatch is None:
         pins = "pins: not recorded"
     cores = p["device"].get("cpu_affinity") or 1
-    busy = load.get("start", [0])[0] > cores or load.get("end", [0])[0] > cores
     trees = ", ".join(f"{k}/ tree {v[:10]}" for k, v in (p["git"].get("trees") or {}).items())
     line = (
         f"{p['date_utc'][:16].replace('T', ' ')} UTC · {machine(run)} · {run['model']} · "
@@ -105,7 +105,6 @@ def provenance_line(run: dict) -> str:
     )
     if load:
         line += f" · load {load['start'][0]:.1f} -> {load['end'][0]:.1f} on {cores} cores"
-        line += " (**shared machine: times inflated**)" if busy else ""
     if run.get("quick"):
         line += " · **--quick**"
     if run.get("imported"):
@@ -113,18 +112,45 @@ def provenance_line(run: dict) -> str:
     return line
 
 
+def conditions_line(run: dict) -> str:
+    """What a run's timings ran under (`harness.judge`), in one line, and the verdict."""
+    c = conditions_of(run)
+    if c.get("recorded") is False:
+        head = f"not recorded (a run from before the harness measured them); {c['note']}"
+    else:
+        runnable, cpu = c.get("runnable"), c.get("cpu_over_wall")
+        head = f"{c['threads']} torch thread{'s' if c['threads'] != 1 else ''}" + (
+            f", {runnable:.1f} runnable threads on {c['cores']} cores, cpu/wall {cpu:.2f}, "
+            f"worst median spread +-{c['spread']:.0%} ({c['spread_task']})"
+            if c["timed_tasks"] and runnable is not None and c["spread"] is not None
+            else f"; {c.get('note', '')}"
+        )
+    if not c["flagged"]:
+        return f"{head}: not flagged"
+    return f"{head}: **flagged**: {'; '.join(c['reasons'])}"
+
+
+def flag_note(run: dict) -> str | None:
+    """The warning a flagged run's figures carry wherever they are quoted; None if clean."""
+    c = conditions_of(run)
+    return f"flagged: {'; '.join(c['reasons'])}" if c["flagged"] else None
+
+
 def where(run: dict) -> dict:
-    """For templates: `where` (one line), `machine`, `model`, `date`, `code`, `workload`."""
+    """For templates: `where` (one line), `machine`, `model`, `date`, `code`, `workload`,
+    and `flagged` (the warning of a flagged run, else an empty string)."""
     date, code = run["provenance"]["date_utc"][:10], code_state(run)
+    note = flag_note(run)
     line = f"{machine(run)}, {run['model']}, {date}, commit {code}"
     workload = run.get("workload") or (run.get("evidence") or {}).get("target_workload", "-")
     return dict(
-        where=line,
+        where=line + (f" (**{note}**)" if note else ""),
         machine=machine(run),
         model=run["model"],
         date=date,
         code=code,
         workload=workload,
+        flagged=note or "",
     )
 
 
@@ -139,7 +165,9 @@ def runs_table(runs: list[dict], links: dict[str, str]) -> list[str]:
             model=r["model"],
             code=code_state(r),
             s=f"{r['runtime_s']:.0f}",
-            headline="; ".join(f"{k} {fmt(r['evidence'].get(k))}" for k in r.get("headline", [])),
+            conditions=f"**{flag_note(r)}**" if flag_note(r) else "not flagged",
+            headline=("⚠ " if flag_note(r) else "")
+            + "; ".join(f"{k} {fmt(r['evidence'].get(k))}" for k in r.get("headline", [])),
         )
         for r in runs
     ]
@@ -151,7 +179,22 @@ def run_header(run: dict, title: str | None = None) -> list[str]:
     lines += [
         f"Provenance: {provenance_line(run)}. Raw data: [{run['_file']}](runs/{run['_file']}).",
         "",
+        f"Conditions: {conditions_line(run)}.",
+        "",
     ]
+    c = conditions_of(run)
+    if c["flagged"]:
+        lines += [
+            '!!! warning "Flagged: measured under conditions that make its timings and ratios '
+            'untrustworthy"',
+            "",
+            *(f"    - {reason}" for reason in c["reasons"]),
+            "",
+            "    Thresholds (experiments/harness.py): "
+            + ", ".join(f"{k} {v}" for k, v in c["thresholds"].items() if v is not None)
+            + ". Rerun on a quieter machine; `nox -s check` compares with it.",
+            "",
+        ]
     if run.get("not_measured"):
         lines += [f"- not measured, `{k}`: {why}" for k, why in run["not_measured"].items()] + [""]
     return lines

@@ -4,10 +4,11 @@
 
 Reads every `<runs>/<experiment>/<scope>.json` and writes into `<out>`: one page per group of
 experiments (PAGES; any other experiment gets a page of its own, rendered generically from its
-`rows` and `evidence`), the plots, `index.md` (every run with its machine, date, commit and
-headline values), the raw run files, and `evidence.json`: {experiment: {scope: {key: value}}},
-where a key a run lists under `not_measured` reads "not measured: <reason>". tools/gen_docs.py
-calls `build()` when the docs are built; a page that quotes a key no run file has fails there.
+`rows` and `evidence`), the plots, `index.md` (every run with its machine, date, commit,
+headline values and whether its conditions flag it), the raw run files, and `evidence.json`:
+{experiment: {scope: {key: value}}}, where a key a run lists under `not_measured` reads "not
+measured: <reason>". tools/gen_docs.py calls `build()` when the docs are built; a page that
+quotes a key no run file has fails there.
 """
 
 from __future__ import annotations
@@ -108,7 +109,10 @@ def build(runs_dir: Path = RESULTS, out: Path = OUT) -> dict:
         "",
         "Every number on this site comes from a run file in `results/runs/`, "
         "written by a script in `experiments/` with the machine, toolchain and code it ran "
-        "on; these pages are rendered from them when the site is built.",
+        "on; these pages are rendered from them when the site is built. The conditions column "
+        "says which runs are flagged: timed under load (more runnable threads than cores), "
+        "with a wide spread or with too little CPU time (`experiments/harness.py`), so their "
+        "ratios are not to be trusted; their figures carry that warning wherever quoted.",
         "",
     ]
     all_runs = [r for scopes in runs.values() for r in scopes.values()]

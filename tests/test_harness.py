@@ -186,3 +186,47 @@ def test_run_sets_one_thread_and_records_its_conditions(tmp_path, monkeypatch, r
     assert torch.get_num_threads() == 2
     with pytest.raises(SystemExit):
         harness.parser(None).parse_args(["--threads", "0"])
+
+
+def test_the_check_compares_ratios_within_both_spreads():
+    from experiments.check import compare
+
+    committed = {"e2e_speedup_vs_hf_eager": 1.35, "e2e_speedup_vs_hf_compiled": 1.15}
+    now = {
+        "e2e_speedup_vs_hf_eager": 1.35 * 1.04,
+        "e2e_speedup_spread_vs_hf_eager": 0.05,
+        "e2e_speedup_vs_hf_compiled": 1.15 * 1.3,
+        "e2e_speedup_spread_vs_hf_compiled": 0.04,
+    }
+    eager, compiled = compare(committed, now)  # the committed run recorded no spread: 0
+    assert eager["agrees"] and eager["drift"] == pytest.approx(0.04)
+    assert not compiled["agrees"] and compiled["allowed"] == pytest.approx(0.04)
+    committed["e2e_speedup_spread_vs_hf_compiled"] = 0.3
+    assert compare(committed, now)[1]["agrees"]  # sqrt(0.3^2 + 0.04^2) > 30%
+
+
+def test_the_site_shows_a_flagged_run_with_its_warning():
+    from experiments import pages, report
+    from tools import gen_docs
+
+    runs = report.load_runs(harness.RESULTS)
+    clean = runs["latency"]["cpu"]
+    flagged = json.loads(json.dumps(clean))
+    flagged["conditions"] = harness.judge(
+        [timed_task(runnable=[2, 3])], threads=1, cores=2, on_gpu=False, load=LOAD
+    )
+    warning = "flagged: load: 2.5 runnable threads (ours included) on 2 cores"
+
+    page = "\n".join(pages.latency_lines(flagged))
+    assert '!!! warning "Flagged' in page and f"    - {warning[9:]}" in page
+    assert "**flagged**" not in "\n".join(pages.latency_lines(clean))
+    index = pages.runs_table([clean, flagged], {"latency": "latency.md"})
+    assert "not flagged" in index[2] and warning in index[3] and "⚠ e2e_speedup" in index[3]
+    assert pages.where(flagged)["flagged"] == warning and pages.where(clean)["flagged"] == ""
+
+    evidence = {"latency": {"cpu": flagged["evidence"]}}
+    quoted = gen_docs.flag(evidence, {"latency": {"cpu": pages.where(flagged)}})["latency"]["cpu"]
+    speedup = quoted["e2e_speedup_vs_hf_eager"]
+    assert gen_docs._ratio(speedup) == f"{speedup:.3g}× (**⚠ {warning}**)"
+    assert gen_docs._value(speedup).endswith(f"(**⚠ {warning}**)")
+    assert quoted["target_workload"] == "10s_b1"  # text stays text

@@ -1,0 +1,170 @@
+"""Reproducibility check: re-measure the latency headline ratios, compare with the committed run.
+
+    python -m experiments.check                 # against results/runs/latency/cpu.json
+    python -m experiments.check --against F     # any latency run file
+    nox -s check
+
+Takes the committed run's target workload (audio seconds x batch, new tokens), its e2e reps and
+its thread count (unless --threads), builds the same models, and times e2e of hf_eager,
+hf_compiled and the best compiled mode round robin after two warm-up calls each (the first
+compiles), as `experiments.latency` does. Prints each headline ratio of both runs side by side,
+then both runs' conditions. A ratio agrees when |now / committed - 1| is within the root of the
+sum of both runs' squared spreads (a run that recorded no spread counts 0). Exit status 0 when
+every ratio agrees, 1 when one drifts (it says whether a flagged run may explain it). Writes
+its own run file to scratch/runs/check/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from experiments import harness
+from experiments.latency import best_compiled, speedups
+from experiments.models import MODELS, build_models, model_note
+from experiments.modes import make_workload, modes_for
+
+OTHERS = ("hf_eager", "hf_compiled")  # the headline ratios: the best compiled mode over these
+
+
+def measure(run: dict, args, device: torch.device) -> dict[str, dict]:
+    """e2e summaries of the headline modes on the committed run's target workload."""
+    s = run["settings"]
+    (audio_s, batch), reps = s["workloads"][0], tuple(s["reps"]["e2e"])
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.set_grad_enabled(False)
+    with tempfile.TemporaryDirectory(prefix="check-") as tmp:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")
+        hf, fm = build_models(args.model, device, dtype, Path(tmp))
+        modes = modes_for(hf, fm, device)
+        w = make_workload(fm, audio_s, batch, s["new_tokens"])
+        tasks = {}
+        for mode in (*OTHERS, best_compiled(device.type)):
+            e2e, _ = modes[mode](w, {"e2e": reps})
+            e2e()  # compiles; round_robin's warm-up call is the second, as in latency
+            tasks[mode] = harness.Task(e2e, reps)
+        return harness.round_robin(tasks, device)
+
+
+def compare(old: dict, new: dict) -> list[dict]:
+    """Per headline ratio: both values, both spreads, the drift and whether it is within."""
+    out = []
+    for other in OTHERS:
+        key, spread = f"e2e_speedup_vs_{other}", f"e2e_speedup_spread_vs_{other}"
+        drift = new[key] / old[key] - 1
+        allowed = harness.ratio_spread(old.get(spread) or 0.0, new[spread] or 0.0)
+        out.append(
+            {
+                "ratio": key,
+                "committed": old[key],
+                "committed_spread": old.get(spread),
+                "now": new[key],
+                "now_spread": new[spread],
+                "drift": drift,
+                "allowed": allowed,
+                "agrees": abs(drift) <= allowed,
+            }
+        )
+    return out
+
+
+def _pct(value) -> str:
+    return "not recorded" if value is None else f"{value:.1%}"
+
+
+def conditions_line(c: dict) -> dict[str, str]:
+    """A run's conditions as printable values, "not recorded" where it has none."""
+    load = c["load_1min"]
+    runnable, cpu = c.get("runnable"), c.get("cpu_over_wall")
+    return {
+        "threads": str(c.get("threads")),
+        "cores": str(c.get("cores")),
+        "runnable threads": "not recorded" if runnable is None else f"{runnable:.2f}",
+        "1-min load start -> end": f"{load['start']:.1f} -> {load['end']:.1f}",
+        "worst task spread": _pct(c.get("spread"))
+        + (f" ({c['spread_task']})" if c.get("spread_task") else ""),
+        "cpu / wall": "not recorded" if cpu is None else f"{cpu:.2f}",
+        "flagged": ("yes: " + "; ".join(c["reasons"])) if c["flagged"] else "no",
+    }
+
+
+def report(path: Path, old: dict, new_conditions: dict, rows: list[dict]) -> list[str]:
+    c_old, c_new = harness.conditions_of(old), new_conditions
+    git = old["provenance"]["git"]
+    lines = [
+        f"check: {path} (commit {git['commit'][:7]}, {old['provenance']['date_utc'][:10]}) "
+        f"against this run, workload {old['evidence']['target_workload']}",
+        f"{'ratio':<28} {'committed':<20} {'now':<20} {'drift':>7} {'allowed':>8}",
+    ]
+    for r in rows:
+        cells = [
+            f"{value:.3f} (no spread)" if spread is None else f"{value:.3f} +-{spread:.1%}"
+            for value, spread in (
+                (r["committed"], r["committed_spread"]),
+                (r["now"], r["now_spread"]),
+            )
+        ]
+        lines.append(
+            f"{r['ratio']:<28} {cells[0]:<20} {cells[1]:<20} {r['drift']:>+7.1%}"
+            f" {r['allowed']:>8.1%}  {'agrees' if r['agrees'] else 'DRIFT'}"
+        )
+    lines.append(f"{'conditions':<28} {'committed':<40} now")
+    now = conditions_line(c_new)
+    for name, value in conditions_line(c_old).items():
+        lines.append(f"{name:<28} {value:<40} {now[name]}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = harness.parser(__doc__)
+    parser.add_argument("--model", default="tiny", choices=MODELS)
+    parser.add_argument("--against", type=Path, help="a latency run file (default: committed)")
+    args = parser.parse_args(argv)
+    device = harness.device_of(args)
+    scope = harness.scope_of(device, args.model)
+    path = args.against or harness.RESULTS / "latency" / f"{scope}.json"
+    if not path.is_file():
+        raise SystemExit(f"check: no latency run file {path}: run experiments.latency first")
+    old = json.loads(path.read_text())
+    committed_threads = harness.conditions_of(old)["threads"]
+    chosen = args.threads
+    args.threads = args.threads or committed_threads
+    args.out = args.out or harness.SCRATCH
+    run = harness.Run("check", scope, args, model=model_note(args.model, device))
+    run.threads_from = "--threads" if chosen else "the committed run's"
+    summaries = measure(old, args, device)
+    new = speedups(summaries, best_compiled(device.type))
+    rows = compare(old["evidence"], new)
+    agrees = all(r["agrees"] for r in rows)
+    written = run.write(
+        rows=[{"mode": m, **s} for m, s in summaries.items()],
+        evidence={**new, "agrees": agrees},
+        headline=[f"e2e_speedup_vs_{o}" for o in OTHERS],
+        against=str(path),
+        comparison=rows,
+    )
+    conditions = json.loads(written.read_text())["conditions"]
+    print("\n".join(report(path, old, conditions, rows)))
+    if agrees:
+        print("check: every headline ratio agrees within both runs' spread")
+        return 0
+    flagged = [
+        f"the {name} run is flagged"
+        for name, c in (("committed", harness.conditions_of(old)), ("new", conditions))
+        if c["flagged"]
+    ]
+    why = (
+        f"{' and '.join(flagged)}: its conditions may explain it; rerun on a quieter machine"
+        if flagged
+        else "both runs' conditions are clean: the result did not reproduce"
+    )
+    print(f"check: DRIFT beyond both runs' spread; {why}")
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
