@@ -10,8 +10,8 @@ hf_compiled and the best compiled mode round robin after two warm-up calls each 
 compiles), as `experiments.latency` does. Prints each headline ratio of both runs side by side,
 then both runs' conditions. A ratio agrees when |now / committed - 1| is within the root of the
 sum of both runs' squared spreads (a run that recorded no spread counts 0). Exit status 0 when
-every ratio agrees, 1 when one drifts (it says whether a flagged run may explain it). Writes
-its own run file to scratch/runs/check/.
+every ratio agrees, 1 when one drifts, both under clean conditions; 3 (inconclusive) when
+either run is flagged, whatever the ratios say. Writes its own run file to scratch/runs/check/.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from experiments.models import MODELS, build_models, model_note
 from experiments.modes import make_workload, modes_for
 
 OTHERS = ("hf_eager", "hf_compiled")  # the headline ratios: the best compiled mode over these
+AGREE, DRIFT, INCONCLUSIVE = 0, 1, 3  # exit statuses (2: bad arguments, as argparse has it)
 
 
 def measure(run: dict, args, device: torch.device) -> dict[str, dict]:
@@ -70,6 +71,28 @@ def compare(old: dict, new: dict) -> list[dict]:
             }
         )
     return out
+
+
+def verdict(rows: list[dict], committed: dict, now: dict) -> tuple[int, str]:
+    """The exit status and its sentence. A flagged run makes the check inconclusive whatever
+    its ratios say: its spread is too wide to confirm the committed ratios, its bias too large
+    to refute them."""
+    agrees = all(r["agrees"] for r in rows)
+    result = (
+        "every headline ratio agrees within both runs' spread"
+        if agrees
+        else "a headline ratio drifts beyond both runs' spread"
+    )
+    flagged = [
+        f"the {name} run is flagged ({'; '.join(c['reasons'])})"
+        for name, c in (("committed", committed), ("new", now))
+        if c["flagged"]
+    ]
+    if flagged:
+        return INCONCLUSIVE, f"INCONCLUSIVE: {result}, but {' and '.join(flagged)}"
+    if agrees:
+        return AGREE, f"agrees: {result}, under clean conditions"
+    return DRIFT, f"DRIFT: {result} under clean conditions: the result did not reproduce"
 
 
 def _pct(value) -> str:
@@ -139,31 +162,18 @@ def main(argv: list[str] | None = None) -> int:
     summaries = measure(old, args, device)
     new = speedups(summaries, best_compiled(device.type))
     rows = compare(old["evidence"], new)
-    agrees = all(r["agrees"] for r in rows)
     written = run.write(
         rows=[{"mode": m, **s} for m, s in summaries.items()],
-        evidence={**new, "agrees": agrees},
+        evidence=new,
         headline=[f"e2e_speedup_vs_{o}" for o in OTHERS],
         against=str(path),
         comparison=rows,
     )
     conditions = json.loads(written.read_text())["conditions"]
     print("\n".join(report(path, old, conditions, rows)))
-    if agrees:
-        print("check: every headline ratio agrees within both runs' spread")
-        return 0
-    flagged = [
-        f"the {name} run is flagged"
-        for name, c in (("committed", harness.conditions_of(old)), ("new", conditions))
-        if c["flagged"]
-    ]
-    why = (
-        f"{' and '.join(flagged)}: its conditions may explain it; rerun on a quieter machine"
-        if flagged
-        else "both runs' conditions are clean: the result did not reproduce"
-    )
-    print(f"check: DRIFT beyond both runs' spread; {why}")
-    return 1
+    status, sentence = verdict(rows, harness.conditions_of(old), conditions)
+    print(f"check: {sentence}")
+    return status
 
 
 if __name__ == "__main__":

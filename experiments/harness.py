@@ -40,7 +40,7 @@ CODE_PATHS = ("src", "experiments")  # the code whose uncommitted changes a run'
 REFUSED = REPO / "scratch" / "refused"  # flagged runs that a clean run file kept out
 # One torch thread per process unless --threads says otherwise: on a machine other jobs share,
 # an OpenMP thread that waits at a barrier for one the OS has descheduled slows some modes far
-# more than others (measured: results/runs/latency/, experiments/README.md).
+# more than others, so their ratios move with the load (issue 28).
 THREADS = 1
 T = TypeVar("T")
 # Hugging Face's own bars (writing and loading checkpoints) would interleave with the run's.

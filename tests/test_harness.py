@@ -230,3 +230,23 @@ def test_the_site_shows_a_flagged_run_with_its_warning():
     assert gen_docs._ratio(speedup) == f"{speedup:.3g}× (**⚠ {warning}**)"
     assert gen_docs._value(speedup).endswith(f"(**⚠ {warning}**)")
     assert quoted["target_workload"] == "10s_b1"  # text stays text
+
+
+def test_a_flagged_run_makes_the_check_inconclusive():
+    from experiments.check import AGREE, DRIFT, INCONCLUSIVE, verdict
+
+    clean = judge([timed_task()])
+    busy = judge([timed_task(runnable=[6, 7])])
+    agree, drift = [{"agrees": True}], [{"agrees": True}, {"agrees": False}]
+    assert verdict(agree, clean, clean)[0] == AGREE
+    assert verdict(drift, clean, clean) == (
+        DRIFT,
+        "DRIFT: a headline ratio drifts beyond both runs' spread under clean conditions: the "
+        "result did not reproduce",
+    )
+    status, sentence = verdict(agree, clean, busy)  # agreement within a noisy run's spread
+    assert status == INCONCLUSIVE
+    assert sentence.endswith(
+        "but the new run is flagged (load: 6.5 runnable threads (ours included) on 2 cores)"
+    )
+    assert verdict(drift, busy, clean)[0] == INCONCLUSIVE
