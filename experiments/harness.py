@@ -360,21 +360,16 @@ def judge(
             timed_min=min(loads, default=None), timed_max=max(loads, default=None)
         )
         if out["runnable"] is not None and out["runnable"] > LOAD_OVER_CORES * cores:
-            reasons.append(
-                f"load: {out['runnable']:.1f} runnable threads (ours included) on {cores} cores"
-            )
+            reasons.append(f"load {out['runnable']:.1f} runnable threads on {cores} cores")
         if out["spread"] is not None and out["spread"] > SPREAD_MAX:
-            reasons.append(
-                f"spread: median of {out['spread_task']} known to +-{out['spread']:.0%} "
-                f"(above {SPREAD_MAX:.0%})"
-            )
+            reasons.append(f"spread +-{out['spread']:.0%} ({out['spread_task']})")
         cpu = out["cpu_over_wall"]
         if not on_gpu and cpu is not None and cpu < CPU_OVER_WALL_MIN:
-            reasons.append(f"cpu/wall: {cpu:.2f} of a core while timed (under {CPU_OVER_WALL_MIN})")
+            reasons.append(f"cpu/wall {cpu:.2f}")
     elif timings:
         out["note"] = "no timed tasks: judged on the 1-minute load average at start and end"
         if max(ends) > LOAD_OVER_CORES * cores:
-            reasons.append(f"load: 1-minute load average up to {max(ends):.1f} on {cores} cores")
+            reasons.append(f"1-minute load average {max(ends):.1f} on {cores} cores")
     else:
         out["note"] = "no timings: not judged"
     return {**out, "flagged": bool(reasons), "reasons": reasons}

@@ -190,9 +190,16 @@ def run_header(run: dict, title: str | None = None) -> list[str]:
             "",
             *(f"    - {reason}" for reason in c["reasons"]),
             "",
-            "    Thresholds (experiments/harness.py): "
-            + ", ".join(f"{k} {v}" for k, v in c["thresholds"].items() if v is not None)
-            + ". Rerun on a quieter machine; `nox -s check` compares with it.",
+            "    Flagged above these thresholds (experiments/harness.py): runnable threads "
+            "(ours included) over the cores the run may use "
+            f"{c['thresholds']['runnable_over_cores']}, the spread of a timed task's median "
+            f"+-{c['thresholds']['spread']:.0%}"
+            + (
+                f", CPU over wall time below {c['thresholds']['cpu_over_wall']}"
+                if c["thresholds"]["cpu_over_wall"] is not None
+                else ""
+            )
+            + ". Rerun on a quieter machine; `nox -s check` compares a new run with it.",
             "",
         ]
     if run.get("not_measured"):
