@@ -376,7 +376,9 @@ def judge(
 
 
 def _has_timings(rows) -> bool:
-    return any(isinstance(r, dict) and "median_ms" in r for r in rows or [])
+    """Whether a run's rows hold times: a column in ms or s other than an audio length."""
+    rows = [r for r in rows or [] if isinstance(r, dict)]
+    return any(k.endswith(("_ms", "_s")) and k != "audio_s" for r in rows for k in r)
 
 
 def conditions_of(run: dict) -> dict:

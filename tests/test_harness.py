@@ -107,6 +107,10 @@ def test_run_files_without_conditions_are_judged_on_their_load():
     old = harness.conditions_of(run_file(None, load=3.4))
     assert old["flagged"] and old["recorded"] is False
     assert harness.conditions_of(run_file(True))["flagged"]
+    served = {**run_file(None, load=8.5), "rows": [{"audio_s": 3.0, "p50_s": 6.0}]}
+    assert harness.conditions_of(served)["flagged"]  # seconds are timings too
+    counted = {**run_file(None, load=8.5), "rows": [{"audio_s": 3.0, "graph_breaks": 0}]}
+    assert harness.conditions_of(counted)["note"] == "no timings: not judged"
 
 
 @pytest.fixture
