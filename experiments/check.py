@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = harness.parser(__doc__)
     parser.add_argument("--model", default="tiny", choices=MODELS)
     parser.add_argument("--against", type=Path, help="a latency run file (default: committed)")
+    threads = next(a for a in parser._actions if a.dest == "threads")
+    threads.help = "torch threads (default: the committed run's, for like with like)"
     args = parser.parse_args(argv)
     device = harness.device_of(args)
     scope = harness.scope_of(device, args.model)
