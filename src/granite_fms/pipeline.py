@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from granite_fms.audio import longform
-from granite_fms.audio.features import AudioClip, encoder_frame_count
+from granite_fms.audio.features import AudioClip, clip_name, encoder_frame_count
 from granite_fms.audio.processor import GraniteSpeechProcessor, check_prompt_ids
 from granite_fms.audio.prompts import PromptPreset, preset_for
 from granite_fms.hf.loader import load_model
@@ -44,6 +44,11 @@ Audio = AudioClip | list[AudioClip]
 Prompt = str | Sequence[str]
 PromptIds = Sequence[int] | Sequence[Sequence[int]]
 EosIds = int | list[int] | None
+Progress = Callable[[float], None]  # audio seconds decoded by one generation call
+
+
+def _positive_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
 
 
 def read_eos_token_ids(model_dir: str | Path) -> list[int]:
@@ -201,7 +206,8 @@ class SpeechPipeline:
         max_new_tokens: int | None = None,
         num_beams: int = 1,
         keywords: Sequence[str] = (),
-        batch_size: int | None = None,
+        batch_size: int | None = longform.BATCH_SIZE,
+        progress: Progress | None = None,
     ) -> list[str] | list[longform.Transcript]:
         """Transcript of each clip, of any length (`keywords`: words to bias towards, as the
         cards do).
@@ -215,7 +221,10 @@ class SpeechPipeline:
             instead of its text; a window that used its whole budget is named in `warnings`.
         max_new_tokens: one budget for every window; None sizes each from its length
             (`longform.budget`: 200 per 30 s, and 200 for a clip that is not cut).
+            Windows and budgets are capped to fit the model's positions
+            (`longform.fit_context`), with a warning saying so.
         batch_size: windows per generation call (the longest first); None: all at once.
+        progress: called after each generation call with the audio seconds it decoded.
         """
         prompt = self.prompts.user_turn(
             "transcribe", keywords=keywords, audio_token=self.processor.audio_token
@@ -229,6 +238,7 @@ class SpeechPipeline:
             max_new_tokens,
             num_beams,
             batch_size,
+            progress,
         )
 
     def translate(
@@ -241,7 +251,8 @@ class SpeechPipeline:
         return_segments: bool = False,
         max_new_tokens: int | None = None,
         num_beams: int = 1,
-        batch_size: int | None = None,
+        batch_size: int | None = longform.BATCH_SIZE,
+        progress: Progress | None = None,
     ) -> list[str] | list[longform.Transcript]:
         """Translation of each clip's speech into `language` (e.g. "French"); the other
         arguments as in `transcribe`."""
@@ -257,6 +268,7 @@ class SpeechPipeline:
             max_new_tokens,
             num_beams,
             batch_size,
+            progress,
         )
 
     def _long_form(
@@ -269,28 +281,37 @@ class SpeechPipeline:
         max_new_tokens: int | None,
         num_beams: int,
         batch_size: int | None,
+        progress: Progress | None = None,
     ) -> list[str] | list[longform.Transcript]:
         """Cut each clip into windows, decode all windows in batches, put each clip together."""
         if self.tokenizer is None:
             raise ValueError("decoding needs a tokenizer; use generate_ids for token ids")
-        if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        checks = (("batch_size", batch_size), ("max_new_tokens", max_new_tokens))
+        for name, value in (*checks, ("num_beams", num_beams)):
+            if (value is not None or name == "num_beams") and not _positive_int(value):
+                raise ValueError(f"{name} must be a positive int (at least 1), got {value!r}")
         clips = list(audio) if isinstance(audio, list | tuple) else [audio]
         if not clips:
             raise ValueError("empty list of audio clips")
         extractor = self.processor.feature_extractor
         rate = extractor.sample_rate
         waves = [extractor.waveform(clip, index=i) for i, clip in enumerate(clips)]
-        plans = [longform.split(w, chunk_length, segmentation, rate) for w in waves]
+        fit = self.fit_context(prompt, chunk_length, max_new_tokens)
+        for note in fit.notes:
+            logger.warning(note)
+        plans = [longform.split(w, fit.chunk_length, segmentation, rate) for w in waves]
         jobs = [(c, window) for c, plan in enumerate(plans) for window in plan]
         budgets = [
-            longform.budget(len(window) / rate, len(window) == waves[c].numel())
-            if max_new_tokens is None
-            else max_new_tokens
-            for c, window in jobs
+            fit.budget(
+                longform.budget(len(w) / rate, len(w) == waves[c].numel())
+                if max_new_tokens is None
+                else max_new_tokens,
+                extractor.num_audio_tokens(len(w)),
+            )
+            for c, w in jobs
         ]
         pieces = [waves[c][window.start : window.end] for c, window in jobs]
-        generations = self._batched(pieces, prompt, budgets, num_beams, batch_size)
+        generations = self._batched(pieces, prompt, budgets, num_beams, batch_size, progress)
         texts = self.tokenizer.batch_decode(
             [g.tokens for g in generations], skip_special_tokens=True
         )
@@ -307,10 +328,25 @@ class SpeechPipeline:
                 stops=self.eos_token_id is not None,
             )
             for warning in result["warnings"]:
-                logger.warning("audio[%d]: %s", c, warning)
+                logger.warning("%s: %s", clip_name(clips[c], c), warning)
             results.append(result)
             first = last
         return results if return_segments else [r["text"] for r in results]
+
+    def fit_context(
+        self, prompt: str, chunk_length: float = 30.0, max_new_tokens: int | None = None
+    ) -> longform.ContextFit:
+        """The windows and budgets of `prompt`'s requests that fit the model's positions
+        (`longform.fit_context`); ValueError if the prompt alone leaves no room."""
+        text_tokens = len(self._tokenize(0, prompt, True, True)) - 1  # less the placeholder
+        return longform.fit_context(
+            chunk_length,
+            max_new_tokens,
+            text_tokens,
+            self.model.config.text_config.max_expected_seq_len,
+            self.processor.feature_extractor.num_audio_tokens,
+            self.processor.feature_extractor.sample_rate,
+        )
 
     def _batched(
         self,
@@ -319,6 +355,7 @@ class SpeechPipeline:
         budgets: list[int],
         num_beams: int,
         batch_size: int | None,
+        progress: Progress | None = None,
     ) -> list[Generation]:
         """`_run` on the pieces in batches of `batch_size`, longest first; results in order."""
         if not pieces:
@@ -326,6 +363,7 @@ class SpeechPipeline:
         size = batch_size or len(pieces)
         order = sorted(range(len(pieces)), key=lambda i: -pieces[i].numel())
         out: list[Generation | None] = [None] * len(pieces)
+        rate = self.processor.feature_extractor.sample_rate
         for first in range(0, len(order), size):
             rows = order[first : first + size]
             generations = self._run(
@@ -336,6 +374,8 @@ class SpeechPipeline:
             )
             for i, generation in zip(rows, generations, strict=True):
                 out[i] = generation
+            if progress is not None:
+                progress(sum(pieces[i].numel() for i in rows) / rate)
         return out
 
     def generate(

@@ -1,16 +1,19 @@
-"""Transcribing a dataset: inputs, batches, one JSONL row per clip, resume, several processes.
+"""Transcribing a dataset: inputs, batches, one NeMo-style JSONL row per clip, several processes.
 
-    items = collect(["clips/", "more.flac", "test-clean.jsonl"])
-    store = ResultStore("out.jsonl"); done = store.load()      # repairs a torn last line
+    items = collect(["clips/", "more.mp3", "test-clean.jsonl"])
     ranks = Ranks.from_env("cpu")                               # torchrun: gloo / nccl
-    mine = probe(ranks.shard([i for i in items if i.audio_filepath not in done]))
+    mine = probe(ranks.shard(items))
     for rows in run(pipe, plan_batches(mine, 8, 30.0), request, ranks):
-        store.append(rows)                                      # rank 0 gets every rank's rows
+        store.append(rows)                      # app.results.ResultStore; rank 0 gets all rows
 
-Inputs: audio files, folders (every .wav/.flac below them) and NeMo-style JSONL manifests (one
-object per line: `audio_filepath`, optional `duration` in seconds and reference `text`; a
+Inputs: audio files (`AUDIO_SUFFIXES`), folders (every audio file below them, sorted; other
+files are skipped and named in a warning) and NeMo-style JSONL manifests (one object per line:
+`audio_filepath`, optional `duration` in seconds and reference `text`, and any other fields; a
 relative path is relative to the manifest's folder). An item's key is its `audio_filepath` as
-given; that is what a resumed run matches.
+given; that is what a resumed run matches. An input that holds no audio is an error.
+
+A row is NeMo's: the manifest's fields as they are (its reference stays in `text`), the
+hypothesis in `pred_text`, with `segments`, `warnings`, `settings` and `timing`.
 
 Several processes (`torchrun`): items are dealt out by rank, each rank sorts its share by
 duration and runs it in batches, and after every batch rank 0 gathers all ranks' rows and is
@@ -24,54 +27,63 @@ import json
 import logging
 import math
 import os
+import re
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import soundfile as sf
 import torch
 
+from granite_fms.app.errors import save_traceback
 from granite_fms.app.ranks import Ranks
 from granite_fms.audio import longform
+from granite_fms.audio.features import AUDIO_SUFFIXES
 from granite_fms.pipeline import SpeechPipeline
 
 logger = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".flac")
 MANIFEST_SUFFIXES = (".jsonl", ".json")
+Progress = Callable[[float], None]  # audio seconds decoded
 
 
 @dataclass(frozen=True)
 class Item:
     """One clip: `audio_filepath` as given (the key of its row), the file to read, its duration
-    (seconds; None until probed), the manifest's reference text, and why it cannot be read."""
+    (seconds; None until probed), its manifest row (`fields`: every field, kept in its result
+    row), why it cannot be read, and what is odd about it (`warnings`, e.g. truncated)."""
 
     audio_filepath: str
     path: Path
     duration: float | None = None
-    reference: str | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def reference(self) -> str | None:
+        return self.fields.get("text")
 
 
 def collect(inputs: Sequence[str | os.PathLike]) -> list[Item]:
-    """Items of files, folders (recursive .wav/.flac, sorted) and manifests, in order, each
-    key once. Raises FileNotFoundError for a missing input, ValueError for a bad manifest."""
+    """Items of files, folders and manifests, in order, each key once. Raises
+    FileNotFoundError for a missing input, ValueError for an input without audio (an empty
+    folder or manifest, a file of another kind) or a bad manifest."""
     items: list[Item] = []
     for given in inputs:
         path = Path(given)
         if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
-            )
-            if not found:
-                logger.warning("no .wav or .flac files under %s", path)
-            items += [Item(str(p), p) for p in found]
+            items += _folder(path)
         elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
             items += read_manifest(path)
-        elif path.is_file():
+        elif path.is_file() and path.suffix.lower() in AUDIO_SUFFIXES:
             items.append(Item(str(path), path))
+        elif path.is_file():
+            raise ValueError(
+                f"{path} is neither audio ({' '.join(AUDIO_SUFFIXES)}) nor a manifest (.jsonl)"
+            )
         else:
             raise FileNotFoundError(f"input not found: {path}")
     unique: dict[str, Item] = {}
@@ -84,8 +96,27 @@ def collect(inputs: Sequence[str | os.PathLike]) -> list[Item]:
     return list(unique.values())
 
 
+def _folder(path: Path) -> list[Item]:
+    """Every audio file below `path`, sorted; the other files are named in a warning."""
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    audio = [p for p in files if p.suffix.lower() in AUDIO_SUFFIXES]
+    skipped = [str(p.relative_to(path)) for p in files if p.suffix.lower() not in AUDIO_SUFFIXES]
+    if skipped:
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        logger.warning(
+            "%s: skipped %d files that are not audio (%s): %s",
+            path,
+            len(skipped),
+            " ".join(AUDIO_SUFFIXES),
+            ", ".join(skipped[:5]) + more,
+        )
+    if not audio:
+        raise ValueError(f"no audio files ({' '.join(AUDIO_SUFFIXES)}) under {path}")
+    return [Item(str(p), p) for p in audio]
+
+
 def read_manifest(path: str | os.PathLike) -> list[Item]:
-    """Items of a NeMo-style manifest (see the module docstring)."""
+    """Items of a NeMo-style manifest (see the module docstring); ValueError if it has none."""
     path = Path(path)
     items = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -106,23 +137,39 @@ def read_manifest(path: str | os.PathLike) -> list[Item]:
         audio = Path(row["audio_filepath"])
         file = audio if audio.is_absolute() else path.parent / audio
         duration = None if duration is None else float(duration)
-        items.append(Item(row["audio_filepath"], file, duration, text))
+        items.append(Item(row["audio_filepath"], file, duration, row))
+    if not items:
+        raise ValueError(f"manifest {path} has no rows")
     return items
 
 
 def probe(items: Sequence[Item]) -> list[Item]:
-    """Items with a duration: the manifest's, else the file header's; an unreadable file keeps
-    None and gets an `error` (its row says why; the run goes on)."""
+    """Items with a duration (the manifest's, else the file header's) and a warning if the
+    file is shorter than its header says; an unreadable file gets an `error` instead (its row
+    says why; the run goes on)."""
     out = []
     for item in items:
-        if item.duration is not None:
-            out.append(item)
-            continue
         try:
-            out.append(replace(item, duration=sf.info(str(item.path)).duration))
+            info = sf.info(str(item.path), verbose=True)
         except (OSError, RuntimeError, sf.LibsndfileError) as e:
             out.append(replace(item, error=f"could not read audio file {item.path}: {e}"))
+            continue
+        duration = info.duration if item.duration is None else item.duration
+        out.append(replace(item, duration=duration, warnings=_truncated(info)))
     return out
+
+
+def _truncated(info: Any) -> tuple[str, ...]:
+    """libsndfile's own note that a chunk is shorter than its header says ("data : 76800
+    (should be 38378)"), as sox and ffmpeg warn of it."""
+    lines = [line.strip() for line in info.extra_info.splitlines()]
+    short = [line for line in lines if re.search(r"\(should be \d+\)", line)]
+    if not any(line.startswith("data") for line in short):
+        return ()
+    return (
+        f"the file is shorter than its header says (libsndfile: {'; '.join(short)}): it is "
+        f"truncated; transcribed the {info.frames / info.samplerate:.2f} s it holds",
+    )
 
 
 def plan_batches(items: Sequence[Item], batch_size: int, chunk_length: float) -> list[list[Item]]:
@@ -142,71 +189,13 @@ def plan_batches(items: Sequence[Item], batch_size: int, chunk_length: float) ->
     return batches
 
 
-# ----- the JSONL record ---------------------------------------------------------------------
-
-
-class ResultStore:
-    """One JSON row per clip, appended and flushed per batch, so an interrupted run loses at
-    most the batch in flight.
-
-    `load` reads what an earlier run left and makes it whole before anything is appended: a
-    torn last line (a write cut short), rows with an `error` (retried) and repeated keys (the
-    first is kept) are dropped, and the file is rewritten without them.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    def load(self) -> set[str]:
-        """Keys of the clips already done."""
-        if not self.path.is_file():
-            return set()
-        kept, dropped = {}, {"torn": 0, "failed": 0, "repeated": 0}
-        raw = self.path.read_bytes()
-        lines = raw.split(b"\n")
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                key = row["audio_filepath"]
-            except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError):
-                dropped["torn"] += 1
-                continue
-            if "error" in row:
-                dropped["failed"] += 1
-            elif key in kept:
-                dropped["repeated"] += 1
-            else:
-                kept[key] = line
-        if any(dropped.values()) or (raw and not raw.endswith(b"\n")):
-            logger.warning(
-                "%s: dropped %s; rewriting it with the %d finished rows",
-                self.path,
-                ", ".join(f"{n} {why}" for why, n in dropped.items() if n) or "nothing",
-                len(kept),
-            )
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_bytes(b"".join(line + b"\n" for line in kept.values()))
-            os.replace(tmp, self.path)
-        return set(kept)
-
-    def append(self, rows: Sequence[dict[str, Any]]) -> None:
-        if not rows:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as file:
-            file.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-            file.flush()
-            os.fsync(file.fileno())
-
-
 # ----- running batches ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Request:
-    """What to do with every clip: `SpeechPipeline.transcribe`'s or `translate`'s arguments."""
+    """What to do with every clip (`SpeechPipeline.transcribe`'s or `translate`'s arguments)
+    and what model does it: all of it but `batch_size` is a row's `settings`."""
 
     task: str = "transcribe"
     target_language: str | None = None
@@ -216,9 +205,31 @@ class Request:
     segmentation: longform.Segmentation = "fixed"
     max_new_tokens: int | None = None
     num_beams: int = 1
-    batch_size: int = 8
+    batch_size: int = longform.BATCH_SIZE  # windows per call: never changes a row
+    model: str | None = None  # a checkpoint directory, or "variant NAME"
+    tokenizer: str | None = None
+    dtype: str | None = None  # None: the checkpoint's
+    quantize: str | None = None
 
-    def apply(self, pipe: SpeechPipeline, waves: list[torch.Tensor]) -> list[dict]:
+    def settings(self) -> dict[str, Any]:
+        """What a row depends on: a rerun resumes only rows made with the same settings."""
+        settings = asdict(self)
+        del settings["batch_size"]
+        settings["keywords"] = list(self.keywords)
+        return settings
+
+    def prompt(self, pipe: SpeechPipeline) -> str:
+        """The user turn every clip is sent with."""
+        return pipe.prompts.user_turn(
+            self.task,
+            language=self.target_language,
+            keywords=self.keywords,
+            audio_token=pipe.processor.audio_token,
+        )
+
+    def apply(
+        self, pipe: SpeechPipeline, waves: list[torch.Tensor], progress: Progress | None = None
+    ) -> list[dict]:
         """One result dict per waveform (`return_segments=True`)."""
         common = dict(
             chunk_length=self.chunk_length,
@@ -227,81 +238,102 @@ class Request:
             max_new_tokens=self.max_new_tokens,
             num_beams=self.num_beams,
             batch_size=self.batch_size,
+            progress=progress,
         )
         if self.task == "translate":
             return pipe.translate(waves, self.target_language, **common)
         return pipe.transcribe(waves, keywords=self.keywords, **common)
 
 
-def error_row(item: Item, error: str) -> dict[str, Any]:
-    return {"audio_filepath": item.audio_filepath, "duration": item.duration, "error": error}
+def result_row(item: Item, request: Request, **result: Any) -> dict[str, Any]:
+    """A clip's row: its manifest fields as they are, then the result (`pred_text`,
+    `segments`, `warnings`, ... or `error`) and the settings that made it."""
+    row = dict(item.fields)
+    row["audio_filepath"] = item.audio_filepath
+    if "duration" not in row:
+        row["duration"] = item.duration
+    if request.language is not None:
+        row["language"] = request.language
+    row.update(result)
+    row["settings"] = request.settings()
+    return row
 
 
 def run_batch(
-    pipe: SpeechPipeline, items: Sequence[Item], request: Request, batch: int, rank: int = 0
+    pipe: SpeechPipeline,
+    items: Sequence[Item],
+    request: Request,
+    batch: int,
+    rank: int = 0,
+    progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of one batch, in the items' order: results, or an `error` for a clip that could
-    not be read (the others go on) or for all of them if the batch itself failed."""
+    not be read (the others go on) or for all of them if the batch itself failed (its
+    traceback goes to the log file of `granite_fms.app.errors`)."""
     start = time.perf_counter()
     extractor = pipe.processor.feature_extractor
     rows: dict[str, dict[str, Any]] = {}
     loaded: list[tuple[Item, torch.Tensor]] = []
     for item in items:
         if item.error is not None:
-            rows[item.audio_filepath] = error_row(item, item.error)
+            rows[item.audio_filepath] = result_row(item, request, error=item.error)
             continue
         try:
             loaded.append((item, extractor.waveform(item.path)))
         except (OSError, ValueError, RuntimeError, sf.LibsndfileError) as e:
-            rows[item.audio_filepath] = error_row(item, str(e))
+            rows[item.audio_filepath] = result_row(item, request, error=str(e))
     if loaded:
-        error = None
         try:
-            results = request.apply(pipe, [wave for _, wave in loaded])
+            results = request.apply(pipe, [wave for _, wave in loaded], progress)
         except Exception as e:  # one bad batch must not end a dataset run; its rows say why
-            logger.exception("batch %d failed", batch)
-            results = [None] * len(loaded)
+            log = save_traceback(e)
             error = f"batch failed: {type(e).__name__}: {e}"
+            logger.error("batch %d %s (traceback in %s)", batch, error.removeprefix("batch "), log)
+            for item, wave in loaded:
+                item = replace(item, duration=wave.numel() / extractor.sample_rate)
+                rows[item.audio_filepath] = result_row(item, request, error=error)
+            return [rows[item.audio_filepath] for item in items]
         wall = time.perf_counter() - start
         audio = sum(wave.numel() for _, wave in loaded) / extractor.sample_rate
         timing = dict(batch=batch, rank=rank, items=len(loaded), audio_s=audio, wall_s=wall)
         for (item, wave), result in zip(loaded, results, strict=True):
-            duration = wave.numel() / extractor.sample_rate
-            if result is None:
-                rows[item.audio_filepath] = error_row(replace(item, duration=duration), str(error))
-                continue
-            row: dict[str, Any] = {"audio_filepath": item.audio_filepath, "duration": duration}
-            row["task"] = request.task
-            if request.target_language is not None:
-                row["target_language"] = request.target_language
-            if request.language is not None:
-                row["language"] = request.language
-            row.update(result)
-            row["timing"] = timing
-            rows[item.audio_filepath] = row
+            item = replace(item, duration=wave.numel() / extractor.sample_rate)
+            rows[item.audio_filepath] = result_row(
+                item,
+                request,
+                pred_text=result["text"],
+                segments=result["segments"],
+                warnings=[*item.warnings, *result["warnings"]],
+                timing=timing,
+            )
     return [rows[item.audio_filepath] for item in items]
 
 
 def run(
-    pipe: SpeechPipeline, batches: Sequence[Sequence[Item]], request: Request, ranks: Ranks
+    pipe: SpeechPipeline,
+    batches: Sequence[Sequence[Item]],
+    request: Request,
+    ranks: Ranks,
+    progress: Progress | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Each step: this rank's next batch, then every rank's rows on rank 0 ([] elsewhere)."""
+    """Each step: this rank's next batch, then every rank's rows on rank 0 ([] elsewhere).
+    `progress` is called with the audio seconds of each generation call of this rank."""
     steps = ranks.max(len(batches))
     for step in range(steps):
-        rows = (
-            run_batch(pipe, batches[step], request, step, ranks.rank) if step < len(batches) else []
-        )
+        rows = []
+        if step < len(batches):
+            rows = run_batch(pipe, batches[step], request, step, ranks.rank, progress)
         yield ranks.gather(rows)
 
 
 __all__ = [
     "Item",
     "Request",
-    "ResultStore",
     "collect",
     "plan_batches",
     "probe",
     "read_manifest",
+    "result_row",
     "run",
     "run_batch",
 ]

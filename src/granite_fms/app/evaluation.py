@@ -16,7 +16,9 @@ WER and CER are corpus-level (total edits / total reference words or characters)
 computes them over lists; CER counts the spaces between words as characters.
 """
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jiwer
@@ -55,6 +57,87 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict[st
     }
 
 
+def score(
+    rows: Sequence[Mapping[str, Any]],
+    references: Mapping[str, str],
+    wall: float,
+    warmup: float | None = None,
+) -> dict[str, Any]:
+    """One mode's figures from its rows (`pred_text`; failed rows have an `error`): error
+    rates of the clips done, RTFx and tokens/s over the timed pass's `wall` seconds."""
+    good = [r for r in rows if "error" not in r]
+    rates = (
+        error_rates([references[r["audio_filepath"]] for r in good], [r["pred_text"] for r in good])
+        if good
+        else {"wer": None, "cer": None}
+    )
+    audio = sum(r["duration"] for r in good)
+    tokens = sum(len(s["tokens"]) for r in good for s in r["segments"])
+    return {
+        **rates,
+        "rtfx": audio / wall,
+        "tokens_per_s": tokens / wall,
+        "new_tokens": tokens,
+        "wall_s": wall,
+        "warmup_s": warmup,
+        "audio_s": audio,
+        "items": len(good),
+        "failed": len(rows) - len(good),
+    }
+
+
+def summary(mode: str, figures: Mapping[str, Any]) -> str:
+    """One line of a mode's figures."""
+    rates = (
+        "no clip scored"
+        if figures["wer"] is None
+        else f"WER {100 * figures['wer']:.2f} %, CER {100 * figures['cer']:.2f} %"
+    )
+    return f"{mode}: {rates}, RTFx {figures['rtfx']:.1f}, {figures['tokens_per_s']:.1f} tokens/s"
+
+
+def report(
+    model: str,
+    random_weights: bool,
+    manifest: Path,
+    items: Sequence[Any],
+    settings: Mapping[str, Any],
+    modes: Mapping[str, Mapping[str, Any]],
+    texts: Mapping[str, Mapping[str, str]],
+    origin: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The eval report: model, manifest (path, SHA-256, size), normaliser, settings, each
+    mode's figures, how many clips got the same text in every mode, each clip's hypotheses
+    (`items`: objects with `audio_filepath`, `reference` and `duration`), provenance."""
+    out: dict[str, Any] = {
+        "model": model,
+        "random_weights": random_weights,
+        "manifest": {
+            "path": str(manifest),
+            "sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+            "items": len(items),
+            "audio_hours": sum(i.duration or 0.0 for i in items) / 3600,
+        },
+        "normaliser": NORMALISER,
+        "settings": dict(settings),
+        "modes": dict(modes),
+        "provenance": dict(origin),
+    }
+    if len(texts) > 1:
+        keys = set.intersection(*(set(t) for t in texts.values()))
+        same = sum(len({t[k] for t in texts.values()}) == 1 for k in keys)
+        out["same_text"] = f"{same} of {len(keys)}"
+    out["items"] = [
+        {
+            "audio_filepath": i.audio_filepath,
+            "reference": i.reference,
+            "hypotheses": {mode: t.get(i.audio_filepath) for mode, t in texts.items()},
+        }
+        for i in items
+    ]
+    return out
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The eval report as a page: one row per mode, then the settings."""
     lines = [
@@ -71,8 +154,11 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for name, m in report["modes"].items():
         warmup = "-" if m["warmup_s"] is None else f"{m['warmup_s']:.1f}"
+        wer, cer = (
+            ("-", "-") if m["wer"] is None else (f"{100 * m['wer']:.2f}", f"{100 * m['cer']:.2f}")
+        )
         lines.append(
-            f"| {name} | {100 * m['wer']:.2f} | {100 * m['cer']:.2f} | {m['rtfx']:.1f} | "
+            f"| {name} | {wer} | {cer} | {m['rtfx']:.1f} | "
             f"{m['tokens_per_s']:.1f} | {m['wall_s']:.1f} | {warmup} | {m['failed']} |"
         )
     if report["random_weights"]:
@@ -104,4 +190,4 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["NORMALISER", "error_rates", "markdown", "normalise"]
+__all__ = ["NORMALISER", "error_rates", "markdown", "normalise", "report", "score", "summary"]

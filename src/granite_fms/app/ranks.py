@@ -19,12 +19,9 @@ T = TypeVar("T")
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-def init_distributed(device_type: str = "cuda") -> tuple[str | None, torch.device]:
-    """Initialise torch.distributed from torchrun's environment (FMS's `--distributed`).
-
-    Returns the strategy name for `load_model` / `get_model` ("tp"; None for a single process)
-    and this rank's device (`cuda:LOCAL_RANK`, or the CPU). NCCL on CUDA, gloo on the CPU.
-    """
+def check_torchrun(device_type: str = "cuda") -> None:
+    """ValueError unless this process runs under torchrun (its environment variables) and
+    `device_type` is "cuda" or "cpu"."""
     if device_type not in ("cuda", "cpu"):
         raise ValueError(f"device_type must be 'cuda' or 'cpu', got {device_type!r}")
     missing = [name for name in _TORCHRUN_ENV if name not in os.environ]
@@ -33,6 +30,15 @@ def init_distributed(device_type: str = "cuda") -> tuple[str | None, torch.devic
             f"distributed mode needs torchrun (environment variables {missing} are not set); "
             "run e.g. `torchrun --nproc-per-node 2 ...`"
         )
+
+
+def init_distributed(device_type: str = "cuda") -> tuple[str | None, torch.device]:
+    """Initialise torch.distributed from torchrun's environment (FMS's `--distributed`).
+
+    Returns the strategy name for `load_model` / `get_model` ("tp"; None for a single process)
+    and this rank's device (`cuda:LOCAL_RANK`, or the CPU). NCCL on CUDA, gloo on the CPU.
+    """
+    check_torchrun(device_type)
     local_rank = int(os.environ["LOCAL_RANK"])
     device = torch.device(device_type, local_rank) if device_type == "cuda" else torch.device("cpu")
     if device_type == "cuda":
@@ -111,4 +117,4 @@ class Ranks:
             dist.destroy_process_group()
 
 
-__all__ = ["Ranks", "init_distributed"]
+__all__ = ["Ranks", "check_torchrun", "init_distributed"]

@@ -34,9 +34,13 @@ _SETTINGS = (
 
 AudioClip = str | os.PathLike | np.ndarray | Tensor
 
+# The files `load_audio` reads: what libsndfile (soundfile) decodes, by the usual suffixes.
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".caf")
+
 
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> Tensor:
-    """Read a wav/flac file as a mono float32 1-D tensor at `sample_rate`.
+    """Read an audio file (`AUDIO_SUFFIXES`: wav, flac, mp3, ogg/opus, ...) as a mono float32
+    1-D tensor at `sample_rate`.
 
     Channels are averaged; other sample rates are resampled.
     """
@@ -102,9 +106,9 @@ class AudioFeatures:
         return getattr(self, key)
 
 
-def _name(clip: AudioClip, index: int) -> str:
-    """How errors name clip `index` of a request."""
-    return f"audio[{index}] ({clip})" if isinstance(clip, str | os.PathLike) else f"audio[{index}]"
+def clip_name(clip: AudioClip, index: int) -> str:
+    """How errors name clip `index` of a request: a file by its path, an array by its index."""
+    return str(clip) if isinstance(clip, str | os.PathLike) else f"audio[{index}]"
 
 
 class GraniteSpeechFeatureExtractor:
@@ -155,13 +159,13 @@ class GraniteSpeechFeatureExtractor:
     ) -> AudioFeatures:
         """Features for one clip or a list of clips.
 
-        A clip is a wav/flac path (resampled and downmixed as needed) or a 1-D float array or
+        A clip is an audio file path (resampled and downmixed as needed) or a 1-D float array or
         tensor at `self.sample_rate`; `sampling_rate`, if given, must match it for arrays.
         """
         clips = list(audio) if isinstance(audio, list | tuple) else [audio]
         if not clips:
             raise ValueError("empty list of audio clips")
-        names = [_name(clip, i) for i, clip in enumerate(clips)]
+        names = [clip_name(clip, i) for i, clip in enumerate(clips)]
         waves = [self._waveform(c, sampling_rate, n) for c, n in zip(clips, names, strict=True)]
         # One clip at a time: HF runs the STFT on the zero-padded batch, so a clip's last frame
         # (zeros, not reflect padding, past its end) depends on its batchmates; ours does not.
@@ -177,8 +181,8 @@ class GraniteSpeechFeatureExtractor:
 
     def waveform(self, clip: AudioClip, sampling_rate: int | None = None, index: int = 0) -> Tensor:
         """Load or check one clip as `__call__` does: a float32 1-D CPU tensor at
-        `self.sample_rate`. Errors name the clip as `audio[index]` (and its path)."""
-        return self._waveform(clip, sampling_rate, _name(clip, index))
+        `self.sample_rate`. Errors name a file by its path, an array as `audio[index]`."""
+        return self._waveform(clip, sampling_rate, clip_name(clip, index))
 
     def _waveform(self, clip: AudioClip, sampling_rate: int | None, where: str) -> Tensor:
         """Load or check one clip; returns a float32 1-D CPU tensor."""

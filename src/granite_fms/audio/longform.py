@@ -21,7 +21,7 @@ exactly as a short clip always has.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypedDict
 
@@ -33,6 +33,7 @@ SEGMENTATIONS = ("fixed", "vad")
 
 TOKENS_PER_30S = 200  # the model cards' max_new_tokens for a clip of up to 30 s
 MIN_WINDOW_TOKENS = 32
+BATCH_SIZE = 8  # windows per generation call: the API's and the command line's default
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,72 @@ def budget(seconds: float, whole_clip: bool) -> int:
     return max(sized, TOKENS_PER_30S if whole_clip else MIN_WINDOW_TOKENS)
 
 
+@dataclass(frozen=True)
+class ContextFit:
+    """Windows and budgets that fit the LLM's positions: a window's prompt text, its audio
+    tokens and its new-token budget together take at most `max_positions`.
+
+    chunk_length: the longest window, capped from the one asked for where that did not fit.
+    notes: what was capped, in words (empty if nothing was).
+    """
+
+    chunk_length: float
+    prompt_tokens: int
+    max_positions: int
+    notes: tuple[str, ...] = ()
+
+    def budget(self, asked: int, audio_tokens: int) -> int:
+        """`asked`, capped at what a window of `audio_tokens` leaves of the positions."""
+        return min(asked, self.max_positions - self.prompt_tokens - audio_tokens)
+
+
+def fit_context(
+    chunk_length: float,
+    max_new_tokens: int | None,
+    prompt_tokens: int,
+    max_positions: int,
+    audio_tokens: Callable[[int], int],
+    sample_rate: int = 16000,
+) -> ContextFit:
+    """The longest window (at most `chunk_length`, at least 1 s) whose prompt, audio tokens
+    (`audio_tokens(samples)`) and budget (`max_new_tokens`, or `budget` of a cut window) fit
+    `max_positions`. ValueError if not even 1 s fits: the prompt leaves no room."""
+    check_chunk_length(chunk_length)
+
+    def fits(samples: int) -> bool:
+        wanted = budget(samples / sample_rate, whole_clip=False)
+        wanted = wanted if max_new_tokens is None else min(wanted, max_new_tokens)
+        return prompt_tokens + audio_tokens(samples) + wanted <= max_positions
+
+    asked = int(chunk_length * sample_rate)
+    if fits(asked):
+        fitted, notes = chunk_length, []
+    else:
+        low, high = sample_rate, asked  # 1 s fits; find the last length that does
+        if not fits(low):
+            raise ValueError(
+                f"the prompt ({prompt_tokens} tokens) leaves no room for 1 s of audio and its "
+                f"new tokens in the model's {max_positions} positions "
+                "(text_config.max_expected_seq_len); shorten the prompt or its keywords"
+            )
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if fits(middle) else (low, middle)
+        fitted = max(1.0, math.floor(10 * low / sample_rate) / 10)
+        notes = [
+            f"windows of {chunk_length:g} s do not fit the model's {max_positions} positions "
+            f"with a {prompt_tokens}-token prompt: windows are cut at {fitted:g} s instead"
+        ]
+    room = max_positions - prompt_tokens - audio_tokens(int(fitted * sample_rate))
+    if max_new_tokens is not None and max_new_tokens > room:
+        notes.append(
+            f"max_new_tokens {max_new_tokens} does not fit the model's {max_positions} "
+            f"positions: each window's budget is capped at what its prompt and audio leave "
+            f"({room} for a window of {fitted:g} s)"
+        )
+    return ContextFit(fitted, prompt_tokens, max_positions, tuple(notes))
+
+
 def transcript(
     windows: Sequence[Window],
     tokens: Sequence[list[int]],
@@ -239,12 +306,15 @@ def join(texts: Sequence[str]) -> str:
 
 
 __all__ = [
+    "BATCH_SIZE",
     "SEGMENTATIONS",
+    "ContextFit",
     "Segment",
     "Transcript",
     "VadConfig",
     "Window",
     "budget",
+    "fit_context",
     "fixed_windows",
     "split",
     "transcript",

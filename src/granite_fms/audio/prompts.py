@@ -60,8 +60,10 @@ class PromptPreset:
                 raise ValueError("language is for task='translate'; transcription needs none")
             text = self.transcribe
         elif task == "translate":
-            if not language:
-                raise ValueError("task='translate' needs a target language, e.g. 'French'")
+            if not isinstance(language, str) or not language.strip():
+                raise ValueError(
+                    f"task='translate' needs a target language, e.g. 'French', got {language!r}"
+                )
             text = self.translate.format(language=language)
         else:
             raise ValueError(f"task must be 'transcribe' or 'translate', got {task!r}")

@@ -453,6 +453,10 @@ class Generator:
             (`length_penalty=1.0`, `early_stopping=False`), scored on HF's undivided logits.
         """
         budgets = _budgets(max_new_tokens, len(input_ids))
+        if not _is_int(num_beams):
+            raise TypeError(f"num_beams must be an int, got {num_beams!r}")
+        positions = self.model.config.text_config.max_expected_seq_len
+        check_context([len(ids) for ids in input_ids], budgets, positions)
         p = self.prepare(input_ids, features, max(budgets), num_beams)
         search = self._search(p, budgets, eos_token_id)
         self._loop(p, search, max(budgets))
@@ -534,6 +538,21 @@ def _budgets(max_new_tokens: int | Sequence[int], rows: int) -> list[int]:
         if b < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens!r}")
     return budgets
+
+
+def check_context(prompt_lengths: Sequence[int], budgets: Sequence[int], positions: int) -> None:
+    """Each request's prompt (placeholders expanded) and budget must fit the LLM's positions
+    (`text_config.max_expected_seq_len`): past them FMS's rotary embedding raises an
+    IndexError, and a huge budget would first allocate its KV cache."""
+    for i, (length, budget) in enumerate(zip(prompt_lengths, budgets, strict=True)):
+        if length + budget > positions:
+            room = positions - length
+            advice = f"lower max_new_tokens to {room}" if room > 0 else "shorten the prompt"
+            raise ValueError(
+                f"request {i}: its prompt ({length} tokens, audio included) and max_new_tokens "
+                f"({budget}) need {length + budget} positions, but the model has {positions} "
+                f"(text_config.max_expected_seq_len); {advice}"
+            )
 
 
 def _eos_tensor(eos_token_id: int | Sequence[int] | None, device) -> torch.Tensor:
