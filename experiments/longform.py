@@ -84,7 +84,7 @@ def batching(pipe, wave: torch.Tensor, rate: int, reps: int) -> tuple[list[dict]
 
 def cli_run(wave: torch.Tensor, rate: int, clips: list[Path], tmp: Path) -> dict:
     """`granite-fms transcribe DIR --variant tiny` on the recording and the short clips."""
-    from granite_fms.app import cli
+    import granite_fms_cli
 
     folder = tmp / "clips"
     folder.mkdir()
@@ -93,9 +93,9 @@ def cli_run(wave: torch.Tensor, rate: int, clips: list[Path], tmp: Path) -> dict
         shutil.copy(clip, folder / clip.name)
     out = tmp / "rows.jsonl"
     argv = ["transcribe", str(folder), "--variant", "tiny", "--device_type", "cpu"]
-    argv += ["--output_format", "jsonl", "--output", str(out)]
+    argv += ["--output_format", "jsonl", "--output", str(out), "--no-verbose"]
     start = time.perf_counter()
-    if (code := cli.main(argv)) != 0:
+    if (code := granite_fms_cli.main(argv)) != 0:
         raise RuntimeError(f"granite-fms exited with {code}")
     wall = time.perf_counter() - start
     rows = [json.loads(line) for line in out.read_text().splitlines()]

@@ -22,14 +22,20 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import granite_fms
-from granite_fms.audio.features import AudioFeatures, GraniteSpeechFeatureExtractor
+from granite_fms.audio import longform
+from granite_fms.audio.features import (
+    AUDIO_SUFFIXES,
+    AudioFeatures,
+    GraniteSpeechFeatureExtractor,
+    load_audio,
+)
 from granite_fms.audio.processor import GraniteSpeechProcessor, check_prompt_ids
 from granite_fms.inference.generation import BucketPolicy, Generator
 from granite_fms.models.conformer import ConformerConfig, ConformerEncoder
 from granite_fms.models.granite_speech import ARCHITECTURE, _hf_to_fms_rope
 from granite_fms.pipeline import SpeechPipeline
 from granite_fms.testing import save_hf_checkpoint, tiny_hf_config
-from helpers import audio_prompt, n_tokens, rel_err
+from helpers import RATE, audio_prompt, long_recording, n_tokens, rel_err
 
 DATA = Path(__file__).parent / "data"
 AUDIO_ID = 127  # the tiny 3.3 layout's <|audio|>; its vocabulary is 0..127
@@ -112,6 +118,105 @@ def test_int16_scaled_floats_warn_and_match_hf(caplog):
 def test_bad_feature_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GraniteSpeechFeatureExtractor(**kwargs)
+
+
+def test_errors_name_a_file_by_its_path(tmp_path):
+    path = tmp_path / "tiny.wav"
+    sf.write(path, np.zeros(100, np.float32), 16000)
+    with pytest.raises(ValueError, match=rf"^{path}: audio too short \(100 samples\)"):
+        GraniteSpeechFeatureExtractor().waveform(path, index=3)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "subtype", "suffix"),
+    [("MP3", "MPEG_LAYER_III", "mp3"), ("OGG", "VORBIS", "ogg"), ("OGG", "OPUS", "opus")],
+)
+def test_compressed_formats_are_read(tmp_path, fmt, subtype, suffix):
+    """Every suffix of AUDIO_SUFFIXES is a format the decoder reads, not only wav and flac."""
+    wave, rate = sf.read(DATA / "fox_16k.wav")
+    path = tmp_path / f"fox.{suffix}"
+    sf.write(path, wave, rate, format=fmt, subtype=subtype)
+    assert f".{suffix}" in AUDIO_SUFFIXES
+    assert load_audio(path).numel() == len(wave)
+
+
+# ----- the model's context ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def text_pipe(dirs) -> SpeechPipeline:
+    """A checkpoint of 512 positions (text_config.max_expected_seq_len) with a tokenizer."""
+    pipe = SpeechPipeline.from_pretrained(dirs[1])
+    assert pipe.model.config.text_config.max_expected_seq_len == 512
+    return pipe
+
+
+def test_a_budget_past_the_positions_is_refused_before_any_cache(text_pipe):
+    """It used to be an IndexError from fms/modules/positions.py (and 10**9 tokens a 128 GB
+    cache allocation first)."""
+    clip = DATA / "fox_16k.wav"
+    for budget in (2000, 10**9):
+        with pytest.raises(ValueError, match=r"request 0: its prompt \(\d+ tokens, audio inc"):
+            text_pipe.generate_ids(clip, max_new_tokens=budget)
+    with pytest.raises(ValueError, match=r"but the model has 512 .*; lower max_new_tokens to"):
+        text_pipe.generate_ids(clip, max_new_tokens=2000)
+
+
+def test_windows_and_budgets_are_fitted_to_the_positions(text_pipe, caplog):
+    """A 30 s clip (about 300 audio tokens) with its 200-token budget does not fit 512
+    positions: it is cut in two windows; a budget of 2000 is capped; both are warned of."""
+    wave = long_recording()[0][: 30 * RATE]
+    with caplog.at_level(logging.WARNING, logger="granite_fms.pipeline"):
+        result = text_pipe.transcribe(wave, max_new_tokens=2000, return_segments=True)[0]
+    assert len(result["segments"]) == 2
+    assert "windows of 30 s do not fit the model's 512 positions" in caplog.text
+    assert "max_new_tokens 2000 does not fit the model's 512 positions" in caplog.text
+    prompt = text_pipe.prompts.user_turn("transcribe")
+    fit = text_pipe.fit_context(prompt, 30.0, 2000)
+    extractor = text_pipe.processor.feature_extractor
+    for s in result["segments"]:
+        samples = round((s["end"] - s["start"]) * RATE)
+        assert fit.prompt_tokens + extractor.num_audio_tokens(samples) + len(s["tokens"]) <= 512
+
+
+def test_fit_context_takes_the_longest_window_that_fits():
+    def tokens(samples):
+        return samples // 1600  # 10 audio tokens per second
+
+    fit = longform.fit_context(30.0, None, 52, 512, tokens)
+    need = [
+        fit.prompt_tokens + tokens(int(s * 16000)) + longform.budget(s, False)
+        for s in (fit.chunk_length, fit.chunk_length + 0.1)
+    ]
+    assert need[0] <= 512 < need[1] and fit.notes
+    assert longform.fit_context(30.0, 3, 52, 512, tokens) == longform.ContextFit(30.0, 52, 512)
+    with pytest.raises(ValueError, match=r"the prompt \(600 tokens\) leaves no room for 1 s"):
+        longform.fit_context(30.0, None, 600, 512, tokens)
+
+
+def test_a_prompt_longer_than_the_positions_is_refused(text_pipe):
+    with pytest.raises(ValueError, match=r"the prompt \(\d+ tokens\) leaves no room"):
+        text_pipe.transcribe(DATA / "fox_16k.wav", keywords=["word " * 2000])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(num_beams=2.5), r"num_beams must be a positive int \(at least 1\), got 2.5"),
+        (dict(batch_size="4"), r"batch_size must be a positive int \(at least 1\), got '4'"),
+        (dict(max_new_tokens=True), "max_new_tokens must be a positive int"),
+    ],
+)
+def test_decoding_options_of_the_wrong_type(text_pipe, kwargs, match):
+    """They used to fail deep inside torch."""
+    with pytest.raises(ValueError, match=match):
+        text_pipe.transcribe(DATA / "fox_16k.wav", **kwargs)
+
+
+@pytest.mark.parametrize("language", ["", "   ", None])
+def test_a_blank_target_language(text_pipe, language):
+    with pytest.raises(ValueError, match="needs a target language"):
+        text_pipe.translate(DATA / "fox_16k.wav", language)
 
 
 # ----- prompts -------------------------------------------------------------------------------
