@@ -19,6 +19,7 @@ from pathlib import Path
 import jiwer
 import pytest
 import soundfile as sf
+import torch
 
 import granite_fms_cli
 from granite_fms.app import cli, dataset, evaluation, writers
@@ -245,7 +246,8 @@ def test_a_rerun_with_other_settings_is_refused_until_overwrite(dirs, tmp_path, 
 
 def test_translate_never_takes_transcribe_rows(dirs, tmp_path, capsys):
     argv = [DATA / "fox_16k.wav", "--model_path", dirs[1], *FAST, "--output", tmp_path / "r"]
-    assert main("transcribe", *argv, "--output_format", "jsonl") == 0
+    argv += ["--output_format", "jsonl"]
+    assert main("transcribe", *argv) == 0
     assert main("translate", *argv, "--target_language", "French") == 2
     assert "task 'transcribe' there, 'translate' now" in capsys.readouterr().err
 
@@ -279,7 +281,8 @@ def test_an_unreadable_clip_gets_an_error_row_and_the_run_goes_on(dirs, tmp_path
     (folder / "broken.wav").write_bytes(b"RIFF not really a wav file")
     out = tmp_path / "rows.jsonl"
     argv = ["transcribe", folder, "--model_path", dirs[1], *FAST, "--output", out]
-    assert main(*argv, "--output_format", "txt", "--output_dir", tmp_path) == 1
+    argv += ["--output_format", "txt", "--output_dir", tmp_path]
+    assert main(*argv) == 1
     rows = {Path(r["audio_filepath"]).name: r for r in read_rows(out)}
     assert "error" in rows["broken.wav"] and "broken.wav" in rows["broken.wav"]["error"]
     assert "audio[" not in rows["broken.wav"]["error"]
@@ -395,6 +398,11 @@ def test_context_too_small_for_the_windows_is_fitted_with_a_warning(dirs, tmp_pa
         (["eval", "--manifest", "{unscored}", "{model}", "--output", "{tmp}/r"], "without a ref"),
         (["eval", "--manifest", "{empty_manifest}", "{model}", "--output", "r"], "has no rows"),
         (["eval", "--manifest", "{manifest}", "{model}", "--output", "{tmp}"], "is a directory"),
+        pytest.param(
+            ["transcribe", "{clip}", "{model}", "--device_type", "cuda"],
+            "--device_type cuda: this machine has no CUDA device",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is here"),
+        ),
     ],
 )
 def test_refused_before_the_model_loads(

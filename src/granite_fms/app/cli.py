@@ -301,6 +301,7 @@ def transcribe(args: argparse.Namespace) -> int:
     with store or nullcontext():
         done = _resume(args, store, outputs, items) if store is not None else set()
         if len(done) == len(items) and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            store.finish([item.audio_filepath for item in items])
             return 0  # every clip done: no model to load
         if args.distributed:  # tensor parallel: join the group first, then load a shard
             ranks = Ranks.tensor_parallel(args.device_type)

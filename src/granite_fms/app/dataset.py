@@ -287,7 +287,9 @@ def run_batch(
             results = request.apply(pipe, [wave for _, wave in loaded], progress)
         except Exception as e:  # one bad batch must not end a dataset run; its rows say why
             log = save_traceback(e)
-            error = f"batch failed: {type(e).__name__}: {e}"
+            # The pipeline names clips of arrays by their index in the call: name the files.
+            named = re.sub(r"audio\[(\d+)\]", lambda m: str(loaded[int(m[1])][0].path), str(e))
+            error = f"batch failed: {type(e).__name__}: {named}"
             logger.error("batch %d %s (traceback in %s)", batch, error.removeprefix("batch "), log)
             for item, wave in loaded:
                 item = replace(item, duration=wave.numel() / extractor.sample_rate)
