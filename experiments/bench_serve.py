@@ -50,7 +50,7 @@ def start_server(args, log: Path) -> tuple[subprocess.Popen, str]:
     src = str(harness.REPO / "src")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    command = [sys.executable, "-m", "granite_fms.app.cli", "serve", "--variant", args.variant]
+    command = [sys.executable, "-m", "granite_fms_cli", "serve", "--variant", args.variant]
     command += ["--device_type", harness.device_of(args).type, "--port", str(port)]
     command += ["--max_batch_size", str(MAX_BATCH), *(["--compile"] if args.compile else [])]
     with log.open("w") as out:

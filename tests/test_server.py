@@ -30,7 +30,8 @@ import pytest
 import soundfile as sf
 from prometheus_client.parser import text_string_to_metric_families
 
-from granite_fms.app import cli, writers
+import granite_fms_cli
+from granite_fms.app import writers
 from granite_fms.app.batching import ModelWorker
 from granite_fms.app.server import ServeOptions
 from granite_fms.pipeline import SpeechPipeline
@@ -56,7 +57,7 @@ class Server:
         self.log = log
         env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
         env["OMP_NUM_THREADS"] = "1"  # as the tests' own torch (one_thread): the same kernels
-        command = [sys.executable, "-m", "granite_fms.app.cli", "serve", "--device_type", "cpu"]
+        command = [sys.executable, "-m", "granite_fms_cli", "serve", "--device_type", "cpu"]
         with log.open("w") as out:
             self.process = subprocess.Popen(
                 [*command, *args, "--port", str(self.port)], stdout=out, stderr=out, env=env
@@ -403,7 +404,7 @@ def test_full_queue_then_sigterm_drains_requests_in_flight(servers):
 
 
 def test_cli_defaults_are_serve_options_defaults():
-    args = cli.build_parser().parse_args(["serve", "--variant", "tiny"])
+    args = granite_fms_cli.build_parser().parse_args(["serve", "--variant", "tiny"])
     defaults = ServeOptions()
     env_key = os.environ.get("GRANITE_FMS_API_KEY")
     for f in dataclasses.fields(ServeOptions):

@@ -6,6 +6,7 @@
     granite-fms translate talk.wav --model_path CKPT --target_language French
     granite-fms eval --model_path CKPT --manifest test-clean.jsonl --output results/eval.json
     granite-fms transcribe clips/ --variant tiny    # the built-in default: random weights
+    granite-fms serve --model_path CKPT --compile   # OpenAI-compatible server on :8000
 
 This module is the command's front door: it parses the command line with the standard library
 only, so `--help`, `--version` and argument errors answer at once, and then hands the parsed
@@ -20,6 +21,7 @@ entry in `granite_fms.app.cli.COMMANDS`.
 """
 
 import argparse
+import os
 import sys
 
 # The exit status of every command.
@@ -116,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _transcribe(commands)
     _translate(commands)
     _eval(commands)
+    _serve(commands)
     return parser
 
 
@@ -163,6 +166,32 @@ def _eval(commands) -> None:
     evaluate.add_argument("--manifest", required=True, help="NeMo JSONL manifest whose rows all have a `text`")
     evaluate.add_argument("--output", required=True, metavar="FILE", help="report JSON (and FILE with .md)")
     evaluate.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="generation modes, run one after the other on the same clips (default: both); a compiled mode is timed after a warm-up pass")
+    # fmt: on
+
+
+def _serve(commands) -> None:
+    serve = commands.add_parser(
+        "serve",
+        parents=[_model_flags(True)],
+        help="an OpenAI-compatible transcription server with dynamic batching",
+        description="Serve /v1/audio/transcriptions and /v1/audio/translations (and /v1/models, "
+        "/health, /metrics) with FastAPI on uvicorn; requests that arrive together are decoded "
+        "in one batch. With --compile, every batch size is compiled before the port opens. "
+        "See granite_fms.app.server.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    # Defaults: granite_fms.app.server.ServeOptions' (tests/test_server.py checks them).
+    # fmt: off
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--max_batch_size", type=_positive_int, default=8, help="requests per batch (default 8)")
+    serve.add_argument("--batch_window_ms", type=float, default=20.0, help="ms to gather a batch (default 20)")
+    serve.add_argument("--api-key", dest="api_key", default=os.environ.get("GRANITE_FMS_API_KEY"), help="require 'Authorization: Bearer KEY' (default: $GRANITE_FMS_API_KEY, else none)")
+    serve.add_argument("--max_file_mb", type=float, default=25.0, help="largest upload, else 413 (default 25)")
+    serve.add_argument("--max_audio_s", type=float, default=600.0, help="longest audio, else 413 (default 600)")
+    serve.add_argument("--max_queue", type=_positive_int, default=64, help="queue, else 503 (default 64)")
     # fmt: on
 
 

@@ -517,7 +517,35 @@ def _timed_pass(
     return wall, rows
 
 
-COMMANDS = {"transcribe": transcribe, "translate": transcribe, "eval": evaluate}
+# ----- serve ----------------------------------------------------------------------------------
+
+
+def serve(args: argparse.Namespace) -> int:
+    """`serve`: the model behind an OpenAI-compatible server (`granite_fms.app.server`)."""
+    from dataclasses import fields
+
+    from granite_fms.app import server
+
+    try:
+        options = server.ServeOptions(
+            **{f.name: getattr(args, f.name) for f in fields(server.ServeOptions)}
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    if args.distributed:
+        raise UsageError("serve runs one model in one process; --distributed does not apply")
+    _check_model(args)
+    pipe = load_pipeline(args, Ranks.local_device(args.device_type))
+    name = (
+        Path(args.model_path).resolve().name
+        if args.model_path
+        else f"granite-speech-{args.variant}"
+    )
+    server.run(pipe, options, model=name, host=args.host, port=args.port, warmup=args.compile)
+    return 0
+
+
+COMMANDS = {"transcribe": transcribe, "translate": transcribe, "eval": evaluate, "serve": serve}
 INTERRUPTED = {"eval": "; eval does not resume: no report was written"}
 
 __all__ = ["COMMANDS", "load_pipeline", "run"]
