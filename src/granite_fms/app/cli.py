@@ -37,8 +37,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed command; its exit status."""
-    _logging(args)
     try:
+        _logging(args)
         return COMMANDS[args.command](args)
     except UsageError as e:
         print(f"granite-fms: error: {e}", file=sys.stderr)
@@ -73,9 +73,15 @@ def _logging(args: argparse.Namespace) -> None:
     # Cut windows are named in each row's `warnings`; one log line each would bury the bar.
     logging.getLogger("granite_fms.pipeline").setLevel(logging.ERROR)
     if not args.quantize:  # transformers imports torchao, whose enums torch calls deprecated
-        logging.getLogger("torch.utils._pytree").addFilter(_Unasked("is an Enum subclass"))
+        _unasked("torch.utils._pytree", "is an Enum subclass")
     if args.device_type != "cuda":  # Inductor's C++ builder looks for CUDA even for the CPU
-        logging.getLogger("torch.utils.cpp_extension").addFilter(_Unasked("No CUDA runtime"))
+        _unasked("torch.utils.cpp_extension", "No CUDA runtime")
+
+
+def _unasked(name: str, text: str) -> None:
+    log = logging.getLogger(name)
+    if not any(isinstance(f, _Unasked) and f.text == text for f in log.filters):
+        log.addFilter(_Unasked(text))
 
 
 # ----- checks before the model loads -----------------------------------------------------------
