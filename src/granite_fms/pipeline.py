@@ -563,4 +563,4 @@ class SpeechPipeline:
         return list(self.tokenizer(self.prompt_text(text, chat_template))["input_ids"])
 
 
-__all__ = ["SpeechPipeline", "read_eos_token_ids"]
+__all__ = ["Progress", "SpeechPipeline", "read_eos_token_ids"]

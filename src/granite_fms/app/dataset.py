@@ -29,7 +29,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,12 +41,11 @@ from granite_fms.app.errors import save_traceback
 from granite_fms.app.ranks import Ranks
 from granite_fms.audio import longform
 from granite_fms.audio.features import AUDIO_SUFFIXES
-from granite_fms.pipeline import SpeechPipeline
+from granite_fms.pipeline import Progress, SpeechPipeline
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_SUFFIXES = (".jsonl", ".json")
-Progress = Callable[[float], None]  # audio seconds decoded
 
 
 @dataclass(frozen=True)
