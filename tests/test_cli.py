@@ -25,7 +25,9 @@ import granite_fms_cli
 from granite_fms.app import cli, dataset, evaluation, writers
 from granite_fms.app.results import ResultStore
 from granite_fms.audio import longform
+from granite_fms.audio.longform import LongFormOptions
 from granite_fms.inference import quantize
+from granite_fms.inference.options import GenerationOptions
 from granite_fms.pipeline import SpeechPipeline
 from helpers import DATA, RATE, long_recording
 
@@ -125,7 +127,7 @@ def test_the_command_line_offers_the_library_choices():
     assert granite_fms_cli.SEGMENTATIONS == longform.SEGMENTATIONS
     assert granite_fms_cli.QUANTIZE == quantize.SCHEMES
     assert granite_fms_cli.DTYPES == tuple(cli.DTYPES)
-    default = SpeechPipeline.transcribe.__kwdefaults__["batch_size"]
+    default = LongFormOptions().batch_size  # what transcribe uses when given none
     assert granite_fms_cli.BATCH_SIZE == default == longform.BATCH_SIZE
 
 
@@ -344,7 +346,9 @@ def test_progress_counts_the_windows_of_a_long_file(pipe_full, clips):
     """Each generation call reports its audio seconds: a 67 s file in 30 s windows, one
     window per call, moves the bar three times before its row exists."""
     item = dataset.probe(dataset.collect([clips / "talks" / "talk.wav"]))
-    request = dataset.Request(max_new_tokens=2, batch_size=1)
+    request = dataset.Request(
+        long_form=LongFormOptions(batch_size=1), generation=GenerationOptions(max_new_tokens=2)
+    )
     seconds: list[float] = []
     batches = dataset.plan_batches(item, 1, 30.0)
     (rows,) = dataset.run(pipe_full, batches, request, cli.Ranks(), seconds.append)

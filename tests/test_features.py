@@ -227,7 +227,11 @@ def test_expand_audio_tokens():
     ("text", "counts", "match"),
     [
         (["<|audio|>", "<|audio|>"], [3], "2 prompts and 1 audio clips"),
-        (["<|audio|>", "no placeholder"], [3, 4], r"prompt 1 has 0 <\|audio\|>.*exactly 1"),
+        (
+            ["<|audio|>", "no placeholder"],
+            [3, 4],
+            r"prompt 1 has 0 audio placeholders \(<\|audio\|>\).*exactly 1",
+        ),
         ("<|audio|><|audio|>", [3], "prompt 0 has 2"),
     ],
 )
@@ -240,9 +244,9 @@ def test_expand_audio_token_ids():
     expand = GraniteSpeechProcessor.expand_audio_token_ids
     assert expand([1, 2, 99, 3], 99, 3).tolist() == [1, 2, 99, 99, 99, 3]
     assert expand(torch.tensor([99, 5]), 99, 2).tolist() == [99, 99, 5]
-    with pytest.raises(ValueError, match="0 audio token ids"):
+    with pytest.raises(ValueError, match=r"has 0 audio placeholders \(token id 99\)"):
         expand([1, 2, 3], 99, 3)
-    with pytest.raises(ValueError, match="2 audio token ids"):
+    with pytest.raises(ValueError, match=r"has 2 audio placeholders \(token id 99\)"):
         expand([99, 2, 99], 99, 3)
     with pytest.raises(ValueError, match="1-D"):
         expand(torch.tensor([[99]]), 99, 3)
@@ -295,7 +299,9 @@ def test_processor_text_only(tokenizer_dir):
     out = processor("hello the speech")
     assert set(out) == {"input_ids", "attention_mask"}
     assert out["input_ids"].shape == (1, 3)
-    with pytest.raises(ValueError, match=r"prompt 0 has <\|audio\|> but no audio"):
+    with pytest.raises(
+        ValueError, match=r"prompt 0 has 1 audio placeholders \(<\|audio\|>\); no audio was given"
+    ):
         processor("<|audio|> hello")
 
 

@@ -178,6 +178,28 @@ def test_bad_arguments(pipe, recording, kwargs, error, match):
         pipe.transcribe(recording[0], **kwargs)
 
 
+def test_jobs_and_batches():
+    waves = [torch.zeros(10 * RATE), torch.zeros(4 * RATE)]
+    plans = [longform.split(w, 3.0) for w in waves]  # 4 windows of 2.5 s, then one of 4 s
+    pieces, budgets = longform.jobs(waves, plans, RATE)
+    assert [p.numel() for p in pieces] == [int(2.5 * RATE)] * 4 + [2 * RATE] * 2
+    assert budgets == [longform.budget(2.5, False)] * 4 + [longform.budget(2.0, False)] * 2
+    assert longform.jobs(waves, plans, RATE, 7)[1] == [7] * 6
+    calls = []
+
+    def generate(batch, budgets):
+        calls.append((sorted(p.numel() for p in batch), budgets))
+        return [(p.numel(), b) for p, b in zip(batch, budgets, strict=True)]
+
+    lengths = [1, 5, 3, 4]
+    pieces = [torch.zeros(n) for n in lengths]
+    got = longform.batched(pieces, [10, 50, 30, 40], 3, generate)
+    assert got == [(1, 10), (5, 50), (3, 30), (4, 40)]  # in the windows' order
+    assert calls == [([3, 4, 5], (50, 40, 30)), ([1], (10,))]  # longest first
+    assert len(longform.batched(pieces, [1] * 4, None, generate)) == 4 and len(calls) == 3
+    assert longform.batched([], [], 8, generate) == [] and len(calls) == 3
+
+
 def test_vad_config_is_checked():
     with pytest.raises(ValueError, match="less than half of min_silence"):
         longform.VadConfig(pad=0.6, min_silence=1.0)

@@ -2,7 +2,7 @@
 
     worker = ModelWorker(pipe, max_batch_size=8, batch_window_s=0.02, max_queue=64)
     worker.start(warmup=True)               # compiled shapes warmed on the worker's thread
-    job = worker.submit(Request("transcribe", batch_size=8), wave)
+    job = worker.submit(Request("transcribe", long_form=LongFormOptions(batch_size=8)), wave)
     done = job.future.result()              # Done(result, batch_size, queue_s, decode_s)
     worker.close()                          # decodes what is queued, then stops
 

@@ -25,10 +25,12 @@ from granite_fms.app.dataset import Item, Request
 from granite_fms.app.errors import UsageError, save_traceback
 from granite_fms.app.ranks import Ranks
 from granite_fms.app.results import Locked, OtherSettings, ResultStore
-from granite_fms.audio import longform
+from granite_fms.audio.longform import LongFormOptions
 from granite_fms.audio.prompts import PromptPreset
+from granite_fms.hf.config import read_eos_token_ids
 from granite_fms.inference.generation import Generator
-from granite_fms.pipeline import SpeechPipeline, read_eos_token_ids
+from granite_fms.inference.options import GenerationOptions
+from granite_fms.pipeline import SpeechPipeline
 
 logger = logging.getLogger("granite_fms.app.cli")
 
@@ -88,7 +90,7 @@ def _unasked(name: str, text: str) -> None:
 
 
 def _request(args: argparse.Namespace) -> Request:
-    """The request the flags describe, its text flags and chunk length checked."""
+    """The request the flags describe, its text flags and options checked."""
     task = "translate" if args.command == "translate" else "transcribe"
     target = getattr(args, "target_language", None)
     keywords = tuple(getattr(args, "keyword", ()))
@@ -99,20 +101,22 @@ def _request(args: argparse.Namespace) -> Request:
     except (TypeError, ValueError) as e:
         raise UsageError(f"--keyword: {e}") from e
     try:
-        longform.check_chunk_length(args.chunk_length)
+        long_form = LongFormOptions(
+            chunk_length=args.chunk_length,
+            segmentation=args.segmentation,
+            batch_size=args.batch_size,
+        )
+        generation = GenerationOptions(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
     except (TypeError, ValueError) as e:
-        raise UsageError(f"--chunk_length: {e}") from e
+        raise UsageError(f"--{e}") from e  # each message starts with the field, the flag's name
     model = str(Path(args.model_path).resolve()) if args.model_path else f"variant {args.variant}"
     return Request(
         task=task,
         target_language=target,
         language=args.language,
         keywords=keywords,
-        chunk_length=args.chunk_length,
-        segmentation=args.segmentation,
-        max_new_tokens=args.max_new_tokens,
-        num_beams=args.num_beams,
-        batch_size=args.batch_size,
+        long_form=long_form,
+        generation=generation,
         model=model,
         tokenizer=str(Path(args.tokenizer).resolve()) if args.tokenizer else None,
         dtype=args.default_dtype,
@@ -264,10 +268,8 @@ def load_pipeline(args: argparse.Namespace, device: str) -> SpeechPipeline:
             processor = GraniteSpeechProcessor.from_pretrained(args.tokenizer)
             if processor.tokenizer is None:
                 raise UsageError(f"--tokenizer {args.tokenizer} holds no tokenizer files")
-            eos = read_eos_token_ids(args.model_path) if args.model_path else []
-            pipe = SpeechPipeline(
-                pipe.model, processor, eos_token_id=eos[0] if len(eos) == 1 else eos or None
-            )
+            eos = read_eos_token_ids(args.model_path) if args.model_path else None
+            pipe = SpeechPipeline(pipe.model, processor, eos_token_id=eos)
     except (ValueError, TypeError, KeyError, OSError, RuntimeError) as e:
         raise UsageError(f"could not load the model: {e}") from e
     if pipe.tokenizer is None:
@@ -287,7 +289,8 @@ def _check_context(pipe: SpeechPipeline, request: Request) -> None:
     """Windows and budgets that fit the model's positions: what is capped is said once here
     (`SpeechPipeline.fit_context`); a prompt that leaves no room is a usage error."""
     try:
-        fit = pipe.fit_context(request.prompt(pipe), request.chunk_length, request.max_new_tokens)
+        options = request.long_form.chunk_length, request.generation.max_new_tokens
+        fit = pipe.fit_context(request.prompt(pipe), *options)
     except ValueError as e:
         raise UsageError(f"--keyword: {e}" if request.keywords else str(e)) from e
     for note in fit.notes:
@@ -342,7 +345,7 @@ def _run_items(args, pipe, ranks, request, pending, outputs, store) -> int:
     if not ranks.main:
         logging.getLogger("granite_fms").setLevel(logging.WARNING)
     mine = dataset.probe(ranks.shard(pending))
-    batches = dataset.plan_batches(mine, args.batch_size, request.chunk_length)
+    batches = dataset.plan_batches(mine, args.batch_size, request.long_form.chunk_length)
     total = sum(ranks.gather([sum(i.duration or 0.0 for i in mine)]))
     progress = _Progress(total, len(pending), args.command, enabled=ranks.main)
     failed: list[dict[str, Any]] = []
@@ -462,7 +465,7 @@ def evaluate(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args, Ranks.local_device(args.device_type))
     _check_context(pipe, request)
     items = dataset.probe(items)
-    batches = dataset.plan_batches(items, args.batch_size, args.chunk_length)
+    batches = dataset.plan_batches(items, args.batch_size, request.long_form.chunk_length)
     references = {i.audio_filepath: i.reference for i in items}
     modes, texts, failed = {}, {}, 0
     for mode in args.modes:

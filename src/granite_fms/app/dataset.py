@@ -39,8 +39,9 @@ import torch
 
 from granite_fms.app.errors import save_traceback
 from granite_fms.app.ranks import Ranks
-from granite_fms.audio import longform
 from granite_fms.audio.features import AUDIO_SUFFIXES
+from granite_fms.audio.longform import LongFormOptions
+from granite_fms.inference.options import GenerationOptions
 from granite_fms.pipeline import Progress, SpeechPipeline
 
 logger = logging.getLogger(__name__)
@@ -193,18 +194,16 @@ def plan_batches(items: Sequence[Item], batch_size: int, chunk_length: float) ->
 
 @dataclass(frozen=True)
 class Request:
-    """What to do with every clip (`SpeechPipeline.transcribe`'s or `translate`'s arguments)
-    and what model does it: all of it but `batch_size` is a row's `settings`."""
+    """What to do with every clip (the prompt: task, target language, keywords; the options of
+    `SpeechPipeline.transcribe`) and what model does it: all of it but how windows are batched
+    is a row's `settings`."""
 
     task: str = "transcribe"
     target_language: str | None = None
     language: str | None = None  # the spoken language, recorded in each row
     keywords: tuple[str, ...] = ()
-    chunk_length: float = 30.0
-    segmentation: longform.Segmentation = "fixed"
-    max_new_tokens: int | None = None
-    num_beams: int = 1
-    batch_size: int = longform.BATCH_SIZE  # windows per call: never changes a row
+    long_form: LongFormOptions = LongFormOptions()
+    generation: GenerationOptions = GenerationOptions()
     model: str | None = None  # a checkpoint directory, or "variant NAME"
     tokenizer: str | None = None
     dtype: str | None = None  # None: the checkpoint's
@@ -213,8 +212,14 @@ class Request:
     def settings(self) -> dict[str, Any]:
         """What a row depends on: a rerun resumes only rows made with the same settings."""
         settings = asdict(self)
-        del settings["batch_size"]
+        long_form, generation = settings.pop("long_form"), settings.pop("generation")
         settings["keywords"] = list(self.keywords)
+        for name in ("chunk_length", "segmentation"):
+            settings[name] = long_form[name]
+        for name in ("max_new_tokens", "num_beams"):
+            settings[name] = generation[name]
+        if generation["eos_token_id"] is not None:
+            settings["eos_token_id"] = list(generation["eos_token_id"])
         return settings
 
     def prompt(self, pipe: SpeechPipeline) -> str:
@@ -230,18 +235,14 @@ class Request:
         self, pipe: SpeechPipeline, waves: list[torch.Tensor], progress: Progress | None = None
     ) -> list[dict]:
         """One result dict per waveform (`return_segments=True`)."""
-        common = dict(
-            chunk_length=self.chunk_length,
-            segmentation=self.segmentation,
-            return_segments=True,
-            max_new_tokens=self.max_new_tokens,
-            num_beams=self.num_beams,
-            batch_size=self.batch_size,
+        options = dict(
+            long_form=replace(self.long_form, return_segments=True),
+            generation=self.generation,
             progress=progress,
         )
         if self.task == "translate":
-            return pipe.translate(waves, self.target_language, **common)
-        return pipe.transcribe(waves, keywords=self.keywords, **common)
+            return pipe.translate(waves, self.target_language, **options)
+        return pipe.transcribe(waves, keywords=self.keywords, **options)
 
 
 def result_row(item: Item, request: Request, **result: Any) -> dict[str, Any]:

@@ -52,6 +52,7 @@ from starlette.requests import Request as HttpRequest
 from granite_fms.app import writers
 from granite_fms.app.batching import BatchStats, Done, Job, ModelWorker, QueueFull
 from granite_fms.app.dataset import Request
+from granite_fms.audio.longform import LongFormOptions
 from granite_fms.pipeline import SpeechPipeline
 
 logger = logging.getLogger(__name__)
@@ -312,15 +313,14 @@ class AudioService:
                 f"temperature must be 0 (decoding is greedy), got {form.temperature:g}",
                 "temperature",
             )
-        batch = self.options.max_batch_size
+        long_form = LongFormOptions(batch_size=self.options.max_batch_size)
         if task == "translate":
             if form.prompt:
                 raise ApiError(400, "prompt (keywords) applies to transcriptions only", "prompt")
-            return Request(
-                "translate", target_language=form.language or "English", batch_size=batch
-            )
+            language = form.language or "English"
+            return Request("translate", target_language=language, long_form=long_form)
         keywords = tuple(k.strip() for k in (form.prompt or "").split(",") if k.strip())
-        return Request("transcribe", keywords=keywords, batch_size=batch)
+        return Request("transcribe", keywords=keywords, long_form=long_form)
 
     async def _waveform(self, upload: UploadFile) -> torch.Tensor:
         """The upload as the pipeline reads audio; 413 over the size limit, 400 undecodable."""

@@ -5,7 +5,6 @@ Matches `transformers.GraniteSpeechFeatureExtractor` run on one clip at a time; 
 """
 
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,9 @@ import soundfile as sf
 import torch
 import torchaudio
 from torch import Tensor
+
+from granite_fms.checks import is_int
+from granite_fms.models.qformer import output_length
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +71,7 @@ def audio_token_count(
     num_samples: int, hop_length: int = 160, window_size: int = 15, downsample_rate: int = 5
 ) -> int:
     """Number of `<|audio|>` embeddings the projector makes for a clip of `num_samples`."""
-    windows = math.ceil(encoder_frame_count(num_samples, hop_length) / window_size)
-    return windows * (window_size // downsample_rate)
+    return output_length(encoder_frame_count(num_samples, hop_length), window_size, downsample_rate)
 
 
 @dataclass
@@ -111,6 +112,14 @@ def clip_name(clip: AudioClip, index: int) -> str:
     return str(clip) if isinstance(clip, str | os.PathLike) else f"audio[{index}]"
 
 
+def clip_list(audio: AudioClip | list[AudioClip]) -> list[AudioClip]:
+    """One clip or a list of clips, as a list (a request is a batch)."""
+    clips = list(audio) if isinstance(audio, list | tuple) else [audio]
+    if not clips:
+        raise ValueError("empty list of audio clips")
+    return clips
+
+
 class GraniteSpeechFeatureExtractor:
     """Audio clips -> stacked log-mel frames, as the Granite Speech conformer expects."""
 
@@ -133,7 +142,7 @@ class GraniteSpeechFeatureExtractor:
         self.downsample_rate = downsample_rate
         for name in _SETTINGS:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"feature extractor {name} must be a positive int, got {value!r}")
         if win_length > n_fft:
             raise ValueError(f"win_length ({win_length}) must not exceed n_fft ({n_fft})")
@@ -162,13 +171,11 @@ class GraniteSpeechFeatureExtractor:
         A clip is an audio file path (resampled and downmixed as needed) or a 1-D float array or
         tensor at `self.sample_rate`; `sampling_rate`, if given, must match it for arrays.
         """
-        clips = list(audio) if isinstance(audio, list | tuple) else [audio]
-        if not clips:
-            raise ValueError("empty list of audio clips")
-        names = [clip_name(clip, i) for i, clip in enumerate(clips)]
-        waves = [self._waveform(c, sampling_rate, n) for c, n in zip(clips, names, strict=True)]
+        clips = clip_list(audio)
+        waves = self.waveforms(clips, sampling_rate)
         # One clip at a time: HF runs the STFT on the zero-padded batch, so a clip's last frame
         # (zeros, not reflect padding, past its end) depends on its batchmates; ours does not.
+        names = [clip_name(clip, i) for i, clip in enumerate(clips)]
         feats = [self._log_mel(w, n) for w, n in zip(waves, names, strict=True)]
         lengths = torch.tensor([f.shape[0] for f in feats])
         return AudioFeatures(
@@ -178,6 +185,12 @@ class GraniteSpeechFeatureExtractor:
                 [self.num_audio_tokens(w.numel()) for w in waves], dtype=torch.int64
             ),
         )
+
+    def waveforms(
+        self, audio: AudioClip | list[AudioClip], sampling_rate: int | None = None
+    ) -> list[Tensor]:
+        """`waveform` of one clip or of each clip of a list (errors name an array `audio[i]`)."""
+        return [self.waveform(c, sampling_rate, i) for i, c in enumerate(clip_list(audio))]
 
     def waveform(self, clip: AudioClip, sampling_rate: int | None = None, index: int = 0) -> Tensor:
         """Load or check one clip as `__call__` does: a float32 1-D CPU tensor at

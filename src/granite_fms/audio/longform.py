@@ -2,9 +2,11 @@
 
     windows = split(wave, chunk_length=30.0, segmentation="vad")   # [Window(start, end), ...]
 
-`SpeechPipeline.transcribe` / `translate` cut every clip with `split`, run all windows of all
-clips through the one generation loop (padding never changes a row, so a batched window gets
-the tokens it gets alone) and put each clip's pieces back together with `transcript`.
+`SpeechPipeline.transcribe` / `translate` run these steps, as `LongFormOptions` say: `split`
+each clip into windows; `jobs`: every window's samples and new-token budget; `batches`: the
+windows of each generation call, the longest first (padding never changes a row, so a batched
+window gets the tokens it gets alone); then the generation loop on each batch; `transcripts`:
+each clip's windows put back together.
 
 Two segmentations:
 
@@ -17,19 +19,24 @@ Two segmentations:
   full, else at the quietest frame there.
 
 A clip no longer than `chunk_length` is one window whatever the segmentation, so it decodes
-exactly as a short clip always has.
+exactly as `SpeechPipeline.generate` decodes it.
 """
 
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypedDict
+from typing import Literal, TypedDict, TypeVar
 
 import torch
 import torch.nn.functional as F
 
+from granite_fms.checks import check_positive_int, is_int, is_number
+
 Segmentation = Literal["fixed", "vad"]
 SEGMENTATIONS = ("fixed", "vad")
+
+T = TypeVar("T")
+Progress = Callable[[float], None]  # audio seconds decoded by one generation call
 
 TOKENS_PER_30S = 200  # the model cards' max_new_tokens for a clip of up to 30 s
 MIN_WINDOW_TOKENS = 32
@@ -90,11 +97,38 @@ class Transcript(TypedDict):
     warnings: list[str]
 
 
+@dataclass(frozen=True)
+class LongFormOptions:
+    """How clips of any length are cut into windows, batched and returned (checked when built)."""
+
+    # Longest window in seconds (at least 1); a longer clip is cut into windows.
+    chunk_length: float = 30.0
+    # "fixed": equal windows end to end; "vad": long silences skipped, cuts in pauses.
+    segmentation: Segmentation = "fixed"
+    # Windows per generation call, the longest first (8: a batch bucket of the default
+    # `BucketPolicy`); None: every window of every clip in one call.
+    batch_size: int | None = BATCH_SIZE
+    # Each clip's `Transcript` (text, timed segments, warnings) instead of its text.
+    return_segments: bool = False
+
+    def __post_init__(self):
+        _check_windows(self.chunk_length, self.segmentation)
+        check_positive_int("batch_size", self.batch_size, none=True)
+        if not isinstance(self.return_segments, bool):
+            raise TypeError(f"return_segments must be a bool, got {self.return_segments!r}")
+
+
 def check_chunk_length(chunk_length: float) -> None:
-    if isinstance(chunk_length, bool) or not isinstance(chunk_length, int | float):
+    if not is_number(chunk_length):
         raise TypeError(f"chunk_length must be a number of seconds, got {chunk_length!r}")
     if not (math.isfinite(chunk_length) and chunk_length >= 1.0):
         raise ValueError(f"chunk_length must be at least 1 second, got {chunk_length}")
+
+
+def _check_windows(chunk_length: float, segmentation: str) -> None:
+    check_chunk_length(chunk_length)
+    if segmentation not in SEGMENTATIONS:
+        raise ValueError(f"segmentation must be one of {SEGMENTATIONS}, got {segmentation!r}")
 
 
 def split(
@@ -105,9 +139,7 @@ def split(
     vad: VadConfig | None = None,
 ) -> list[Window]:
     """Windows of a 1-D waveform, in order, none longer than `chunk_length` seconds."""
-    check_chunk_length(chunk_length)
-    if segmentation not in SEGMENTATIONS:
-        raise ValueError(f"segmentation must be one of {SEGMENTATIONS}, got {segmentation!r}")
+    _check_windows(chunk_length, segmentation)
     chunk = int(chunk_length * sample_rate)
     n = wave.numel()
     if n <= chunk:
@@ -194,8 +226,8 @@ def _cut(
 
 def budget(seconds: float, whole_clip: bool) -> int:
     """New-token budget of a window: 200 per 30 s of audio. A clip that is not cut gets at
-    least 200 (the model cards' `max_new_tokens`, so a short clip decodes as before), a window
-    of a cut clip at least 32."""
+    least 200 (the model cards' `max_new_tokens`, a request's default), a window of a cut clip
+    at least 32."""
     sized = math.ceil(TOKENS_PER_30S * seconds / 30)
     return max(sized, TOKENS_PER_30S if whole_clip else MIN_WINDOW_TOKENS)
 
@@ -266,36 +298,88 @@ def fit_context(
     return ContextFit(fitted, prompt_tokens, max_positions, tuple(notes))
 
 
-def transcript(
-    windows: Sequence[Window],
+def jobs(
+    waves: Sequence[torch.Tensor],
+    plans: Sequence[Sequence[Window]],
+    sample_rate: int,
+    max_new_tokens: int | None = None,
+    fit: ContextFit | None = None,
+    audio_tokens: Callable[[int], int] | None = None,
+) -> tuple[list[torch.Tensor], list[int]]:
+    """The generation jobs of all clips: the samples of every window, in order, and its budget
+    (`max_new_tokens` for every window, or None: each its own, `budget`), capped by a `fit` at
+    what the window's audio tokens (`audio_tokens(samples)`) leave of the positions."""
+    if not (max_new_tokens is None or is_int(max_new_tokens)):
+        raise TypeError(
+            f"long form takes one max_new_tokens for every window, got {max_new_tokens}"
+        )
+    pieces, budgets = [], []
+    for wave, plan in zip(waves, plans, strict=True):
+        for window in plan:
+            pieces.append(wave[window.start : window.end])
+            whole = len(window) == wave.numel()
+            asked = max_new_tokens or budget(len(window) / sample_rate, whole)
+            budgets.append(asked if fit is None else fit.budget(asked, audio_tokens(len(window))))
+    return pieces, budgets
+
+
+def batched(
+    pieces: Sequence[torch.Tensor],
+    budgets: Sequence[int],
+    batch_size: int | None,
+    generate: Callable[[list[torch.Tensor], tuple[int, ...]], list[T]],
+    progress: Progress | None = None,
+    sample_rate: int = 16000,
+) -> list[T]:
+    """`generate(windows, budgets)` on batches of `batch_size` windows (None: one batch), the
+    longest first, so that a batch pads little and memory peaks come early; results in order.
+    `progress` is called after each batch with the seconds of audio it decoded."""
+    order = sorted(range(len(pieces)), key=lambda i: -pieces[i].numel())
+    size = batch_size or max(1, len(order))
+    out: list = [None] * len(pieces)
+    for first in range(0, len(order), size):
+        rows = order[first : first + size]
+        results = generate([pieces[i] for i in rows], tuple(budgets[i] for i in rows))
+        for i, result in zip(rows, results, strict=True):
+            out[i] = result
+        if progress is not None:
+            progress(sum(pieces[i].numel() for i in rows) / sample_rate)
+    return out
+
+
+def transcripts(
+    plans: Sequence[Sequence[Window]],
     tokens: Sequence[list[int]],
     finished: Sequence[bool],
     texts: Sequence[str],
     budgets: Sequence[int],
     sample_rate: int,
     stops: bool,
-) -> Transcript:
-    """One clip's result from its windows' new tokens, whether each ended with an EOS, and
-    their decoded texts, in order.
+) -> list[Transcript]:
+    """Each clip's result from its windows (`plans`) and, for the windows of all clips in
+    order, their new tokens, whether each ended with an EOS, their texts and budgets.
 
     stops: whether generation had an EOS id; without one every row runs its whole budget and
     that is not worth a warning.
     """
-    segments: list[Segment] = []
-    warnings: list[str] = []
-    for i, (window, ids, ended, text, limit) in enumerate(
-        zip(windows, tokens, finished, texts, budgets, strict=True)
-    ):
-        start, end = window.start / sample_rate, window.end / sample_rate
-        segments.append(Segment(id=i, start=start, end=end, text=text, tokens=ids))
-        if stops and not ended:
-            warnings.append(
-                f"segment {i} ({start:.2f}-{end:.2f} s) used its whole budget of {limit} new "
-                "tokens without an end of text: its text may be cut"
-            )
-    if not windows:
-        warnings.append("no speech found: nothing was transcribed")
-    return Transcript(text=join(texts), segments=segments, warnings=warnings)
+    out, k = [], 0
+    for windows in plans:
+        segments: list[Segment] = []
+        warnings: list[str] = []
+        for i, window in enumerate(windows):
+            start, end = window.start / sample_rate, window.end / sample_rate
+            segments.append(Segment(id=i, start=start, end=end, text=texts[k], tokens=tokens[k]))
+            if stops and not finished[k]:
+                warnings.append(
+                    f"segment {i} ({start:.2f}-{end:.2f} s) used its whole budget of {budgets[k]} "
+                    "new tokens without an end of text: its text may be cut"
+                )
+            k += 1
+        if not windows:
+            warnings.append("no speech found: nothing was transcribed")
+        text = join([s["text"] for s in segments])
+        out.append(Transcript(text=text, segments=segments, warnings=warnings))
+    return out
 
 
 def join(texts: Sequence[str]) -> str:
@@ -309,14 +393,18 @@ __all__ = [
     "BATCH_SIZE",
     "SEGMENTATIONS",
     "ContextFit",
+    "LongFormOptions",
+    "Progress",
     "Segment",
     "Transcript",
     "VadConfig",
     "Window",
+    "batched",
     "budget",
     "fit_context",
     "fixed_windows",
+    "jobs",
     "split",
-    "transcript",
+    "transcripts",
     "vad_windows",
 ]

@@ -2,7 +2,6 @@
 
 import inspect
 import logging
-import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,12 +12,15 @@ import torch
 from torch import Tensor
 
 from granite_fms.audio.features import AudioClip, GraniteSpeechFeatureExtractor
+from granite_fms.audio.prompts import AUDIO_TOKEN, PromptPreset
+from granite_fms.checks import is_int
 from granite_fms.files import read_json
 from granite_fms.hf.config import read_hf_config
 
 logger = logging.getLogger(__name__)
 
-AUDIO_TOKEN = "<|audio|>"
+Prompt = str | Sequence[str]
+PromptIds = Sequence[int] | Sequence[Sequence[int]]
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 _FEATURE_EXTRACTOR_TYPE = "GraniteSpeechFeatureExtractor"
@@ -124,7 +126,7 @@ def check_prompt_ids(prompt_ids: Any, vocab_size: int, audio_token_id: int) -> l
         ids = []
         for j, token in enumerate(row):
             token = _as_list(token)
-            if not isinstance(token, numbers.Integral) or isinstance(token, bool):
+            if not is_int(token):
                 raise TypeError(
                     f"prompt {i}, position {j}: token id {token!r} is a "
                     f"{type(token).__name__}, not an int"
@@ -142,6 +144,21 @@ def check_prompt_ids(prompt_ids: Any, vocab_size: int, audio_token_id: int) -> l
 def _as_list(x: Any) -> Any:
     """Tensors and arrays as Python lists or scalars; anything else unchanged."""
     return x.tolist() if isinstance(x, Tensor | np.ndarray | np.generic) else x
+
+
+def check_placeholders(
+    prompts: Sequence[str] | Sequence[list[int]], placeholder: str | int, has_audio: bool
+) -> None:
+    """The check of prompts before their placeholder is expanded, as text (`placeholder` the
+    audio token) or as token ids (its id): each holds it once with audio, never without."""
+    name = f"token id {placeholder}" if isinstance(placeholder, int) else placeholder
+    for i, prompt in enumerate(prompts):
+        found = prompt.count(placeholder)
+        if found != int(has_audio):
+            raise ValueError(
+                f"prompt {i} has {found} audio placeholders ({name}); "
+                + ("a request with audio needs exactly 1" if has_audio else "no audio was given")
+            )
 
 
 class GraniteSpeechProcessor:
@@ -179,6 +196,15 @@ class GraniteSpeechProcessor:
             logger.info("no tokenizer files in %s; processor has no tokenizer", path)
         return cls(feature_extractor, tokenizer, audio_token)
 
+    def check_audio_token_id(self, audio_token_index: int) -> None:
+        """The tokenizer maps the audio token to the model's `audio_token_index`."""
+        audio_id = self.tokenizer.convert_tokens_to_ids(self.audio_token)
+        if audio_id != audio_token_index:
+            raise ValueError(
+                f"the tokenizer maps {self.audio_token} to {audio_id} but the model's "
+                f"audio_token_index is {audio_token_index}"
+            )
+
     def expand_audio_tokens(self, text: str | list[str], counts: list[int]) -> list[str]:
         """Replace prompt i's single audio placeholder with `counts[i]` copies."""
         texts = [text] if isinstance(text, str) else list(text)
@@ -186,16 +212,11 @@ class GraniteSpeechProcessor:
             raise ValueError(
                 f"got {len(texts)} prompts and {len(counts)} audio clips; pass one clip per prompt"
             )
-        expanded = []
-        for i, (prompt, count) in enumerate(zip(texts, counts, strict=True)):
-            found = prompt.count(self.audio_token)
-            if found != 1:
-                raise ValueError(
-                    f"prompt {i} has {found} {self.audio_token} placeholders; "
-                    f"each prompt needs exactly 1 (it is expanded to {count} tokens for clip {i})"
-                )
-            expanded.append(prompt.replace(self.audio_token, self.audio_token * count))
-        return expanded
+        check_placeholders(texts, self.audio_token, has_audio=True)
+        return [
+            t.replace(self.audio_token, self.audio_token * n)
+            for t, n in zip(texts, counts, strict=True)
+        ]
 
     @staticmethod
     def expand_audio_token_ids(
@@ -205,13 +226,75 @@ class GraniteSpeechProcessor:
         ids = torch.as_tensor(input_ids, dtype=torch.long)
         if ids.ndim != 1:
             raise ValueError(f"expected 1-D input_ids for one prompt, got shape {tuple(ids.shape)}")
-        where = (ids == audio_token_id).nonzero().flatten()
-        if where.numel() != 1:
-            raise ValueError(
-                f"input_ids has {where.numel()} audio token ids ({audio_token_id}); need exactly 1"
-            )
-        pos = int(where)
+        check_placeholders([ids.tolist()], audio_token_id, has_audio=True)
+        pos = int((ids == audio_token_id).nonzero())
         return torch.cat([ids[:pos], ids.new_full((count,), audio_token_id), ids[pos + 1 :]])
+
+    def prompt_text(self, text: str, preset: PromptPreset | None = None) -> str:
+        """The text the tokenizer sees for one prompt: with a `preset`, in the tokenizer's chat
+        template (if it has one) after the preset's pinned system turn; else `text` itself."""
+        if preset is not None and getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                preset.messages(text), tokenize=False, add_generation_prompt=True
+            )
+        return text
+
+    def input_ids(
+        self,
+        prompt: Prompt | None,
+        prompt_ids: PromptIds | None,
+        counts: Sequence[int] | None,
+        *,
+        audio_token_id: int,
+        vocab_size: int,
+        preset: PromptPreset,
+        chat_template: bool = True,
+    ) -> list[Tensor]:
+        """One id tensor per request, prompt i's placeholder expanded to `counts[i]` audio
+        tokens (`counts` None: no audio).
+
+        The prompts are text (tokenized in the chat template of `preset` if `chat_template`;
+        default with audio: the preset's transcription turn) or `prompt_ids`, one for every
+        clip or one per clip, each holding the placeholder once with audio, never without.
+        """
+        has_audio = counts is not None
+        if prompt is not None and prompt_ids is not None:
+            raise ValueError("pass prompt or prompt_ids, not both")
+        if prompt_ids is None:
+            if prompt is None:
+                if not has_audio:
+                    raise ValueError("nothing to do: pass audio, a prompt or prompt_ids")
+                prompt = preset.user_turn(audio_token=self.audio_token)
+            texts = [prompt] if isinstance(prompt, str) else list(prompt)
+            check_placeholders(texts, self.audio_token, has_audio)
+            encoded = self._encode(texts, preset if chat_template else None, audio_token_id)
+            rows = check_prompt_ids(encoded, vocab_size, audio_token_id)
+        else:
+            rows = check_prompt_ids(prompt_ids, vocab_size, audio_token_id)
+            check_placeholders(rows, audio_token_id, has_audio)
+        if not has_audio:
+            return [torch.tensor(row, dtype=torch.long) for row in rows]
+        if len(rows) == 1:
+            rows *= len(counts)
+        if len(rows) != len(counts):
+            raise ValueError(
+                f"got {len(rows)} prompts for {len(counts)} audio clips; pass one prompt for all "
+                "clips or one per clip"
+            )
+        return [
+            self.expand_audio_token_ids(row, audio_token_id, n)
+            for row, n in zip(rows, counts, strict=True)
+        ]
+
+    def _encode(
+        self, texts: list[str], preset: PromptPreset | None, audio_token_id: int
+    ) -> list[list[int]]:
+        if self.tokenizer is None:
+            raise ValueError(
+                "a text prompt needs a tokenizer and this processor has none; pass prompt_ids "
+                f"with the audio token id {audio_token_id} instead"
+            )
+        return [list(self.tokenizer(self.prompt_text(t, preset))["input_ids"]) for t in texts]
 
     def __call__(
         self,
@@ -240,9 +323,7 @@ class GraniteSpeechProcessor:
             if texts is not None:
                 texts = self.expand_audio_tokens(texts, counts)
         elif texts is not None:
-            for i, prompt in enumerate(texts):
-                if self.audio_token in prompt:
-                    raise ValueError(f"prompt {i} has {self.audio_token} but no audio was given")
+            check_placeholders(texts, self.audio_token, has_audio=False)
         if texts is not None:
             out.update(self._tokenize(texts, counts))
         return out

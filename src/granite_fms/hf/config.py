@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from fms.models.granite import GraniteConfig
 
+from granite_fms.checks import is_int, is_number, token_ids
 from granite_fms.files import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -58,6 +59,17 @@ def read_hf_config(model_dir: str | Path) -> PretrainedConfig:
     return AutoConfig.from_pretrained(model_dir, local_files_only=True)
 
 
+def read_eos_token_ids(model_dir: str | Path) -> tuple[int, ...] | None:
+    """The EOS ids of `generation_config.json` (one or several), or None if it names none."""
+    path = Path(model_dir) / "generation_config.json"
+    if not path.is_file():
+        return None
+    try:
+        return token_ids(f"{path}: eos_token_id", read_json(path).get("eos_token_id"))
+    except TypeError as e:
+        raise ValueError(str(e)) from e
+
+
 def read_lora_config(model_dir: str | Path) -> dict | None:
     """`{"r", "lora_alpha"}` of the peft adapter beside the weights, or None if there is none."""
     model_dir = Path(model_dir)
@@ -70,8 +82,8 @@ def read_lora_config(model_dir: str | Path) -> dict | None:
         raise ValueError(f"{cfg_path} exists but the adapter weights {weights} are missing")
     cfg = read_json(cfg_path)
     problems = []
-    for key, kind in (("r", int), ("lora_alpha", int | float)):
-        if not isinstance(cfg.get(key), kind) or isinstance(cfg.get(key), bool):
+    for key, valid in (("r", is_int), ("lora_alpha", is_number)):
+        if not valid(cfg.get(key)):
             problems.append(f"{key} {cfg.get(key)!r} (a number is needed)")
     if cfg.get("peft_type", "LORA") != "LORA":
         problems.append(f"peft_type {cfg.get('peft_type')!r} (only LORA)")
@@ -194,4 +206,10 @@ def _register_hf_pretrained(config_utils) -> None:
 after_import("fms.models.hf.config_utils", _register_hf_pretrained)
 
 
-__all__ = ["HF_ARCHITECTURES", "fms_config_from_hf", "read_hf_config", "read_lora_config"]
+__all__ = [
+    "HF_ARCHITECTURES",
+    "fms_config_from_hf",
+    "read_eos_token_ids",
+    "read_hf_config",
+    "read_lora_config",
+]

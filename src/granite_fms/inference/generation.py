@@ -1,7 +1,7 @@
-"""Compiled greedy generation: bucketed shapes, a static KV cache, three graphs per bucket.
+"""Generation, greedy or beam search: bucketed shapes, a static KV cache, three graphs per bucket.
 
     gen = Generator(model)                      # torch.compile(fullgraph=True) by default
-    gen.generate([ids_with_placeholder], features, max_new_tokens=128)
+    gen.generate([ids_with_placeholder], features, GenerationOptions(max_new_tokens=128))
 
 Three compiled regions, each one graph with no breaks:
 
@@ -44,14 +44,12 @@ from tqdm.auto import tqdm
 
 from granite_fms.audio.features import AudioFeatures
 from granite_fms.audio.processor import check_prompt_ids
+from granite_fms.checks import is_int
+from granite_fms.inference.options import GenerationOptions, with_changes
 from granite_fms.inference.quantize import quantize_llm
 from granite_fms.models.granite_speech import GraniteSpeech
 
 STATIC_ATTENTION = "granite_fms_static"
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _round_up(n: int, buckets: Sequence[int]) -> int:
@@ -92,12 +90,12 @@ class BucketPolicy:
             buckets = getattr(self, name)
             if name == "audio_frames" and buckets is None:
                 continue
-            if not isinstance(buckets, tuple | list) or not all(map(_is_int, buckets)):
+            if not isinstance(buckets, tuple | list) or not all(map(is_int, buckets)):
                 raise TypeError(f"{name} buckets must be a tuple of ints, got {buckets!r}")
             if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
                 raise ValueError(f"{name} buckets must be increasing positive ints, got {buckets}")
             object.__setattr__(self, name, tuple(buckets))  # frozen, hashable
-        if not _is_int(self.cache_tokens):
+        if not is_int(self.cache_tokens):
             raise TypeError(f"cache_tokens must be an int, got {self.cache_tokens!r}")
         if self.cache_tokens < 1:
             raise ValueError(f"cache_tokens must be positive, got {self.cache_tokens}")
@@ -175,12 +173,11 @@ def allocate_cache(
     Marked as static addresses: CUDA graphs read and write them in place without copies.
     """
     cfg = model.config.text_config
-    weight = model.language_model.base_model.embedding.weight
     kvheads = model.language_model.base_model.layers[0].attn.kvheads
     shape = (batch, kvheads, length, cfg.head_dim)
     cache = []
     for _ in range(cfg.nlayers):
-        pair = tuple(torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in "kv")
+        pair = tuple(torch.zeros(shape, dtype=model.dtype, device=model.device) for _ in "kv")
         for t in pair:
             torch._dynamo.mark_static_address(t)
         cache.append(pair)
@@ -363,7 +360,7 @@ class Generator:
 
     @property
     def device(self) -> torch.device:
-        return self.model.language_model.base_model.embedding.weight.device
+        return self.model.device
 
     def prepare(
         self,
@@ -438,32 +435,30 @@ class Generator:
         self,
         input_ids: Sequence[torch.Tensor],
         features: AudioFeatures | None = None,
-        *,
-        max_new_tokens: int | Sequence[int] = 128,
-        eos_token_id: int | Sequence[int] | None = None,
-        num_beams: int = 1,
+        options: GenerationOptions | None = None,
+        **changes,
     ) -> list[Generation]:
         """New tokens for each request: greedy (`num_beams=1`) or beam search.
 
         The loop is the same for both: features -> prepare (pad to buckets) -> embed (audio
         path) -> prefill -> decode steps; the search only chooses each step's next rows.
-        max_new_tokens: one budget for every request, or one per request.
-        eos_token_id: one id or several (e.g. from `generation_config.json`); None: no stop.
-        num_beams: beam search as Hugging Face's `generate(num_beams=K)` with its defaults
-            (`length_penalty=1.0`, `early_stopping=False`), scored on HF's undivided logits.
+        options: `GenerationOptions` (budgets, beams, EOS ids; None: no EOS here); keyword
+            arguments replace its fields. Beam search is Hugging Face's `generate(num_beams=K)`
+            with its defaults, scored on HF's undivided logits.
         """
-        budgets = _budgets(max_new_tokens, len(input_ids))
-        if not _is_int(num_beams):
-            raise TypeError(f"num_beams must be an int, got {num_beams!r}")
+        (options,) = with_changes(changes, options or GenerationOptions())
+        budgets = options.budgets(len(input_ids))
         positions = self.model.config.text_config.max_expected_seq_len
         check_context([len(ids) for ids in input_ids], budgets, positions)
-        p = self.prepare(input_ids, features, max(budgets), num_beams)
-        search = self._search(p, budgets, eos_token_id)
+        p = self.prepare(input_ids, features, max(budgets), options.num_beams)
+        search = self._search(p, budgets, options.eos_token_id)
         self._loop(p, search, max(budgets))
         return search.results()
 
-    def _search(self, p: Prepared, budgets: list[int], eos_token_id) -> "_Search":
-        eos = _eos_tensor(eos_token_id, self.device)
+    def _search(
+        self, p: Prepared, budgets: list[int], eos_token_id: tuple[int, ...] | None
+    ) -> "_Search":
+        eos = torch.tensor(eos_token_id or (), dtype=torch.long, device=self.device)
         budget = torch.tensor(budgets, device=self.device)
         if p.num_beams == 1:
             return _Greedy(p.rows, budget, eos)
@@ -528,18 +523,6 @@ class Generator:
             self._loop(p, self._search(p, [2] * b, None), 2)
 
 
-def _budgets(max_new_tokens: int | Sequence[int], rows: int) -> list[int]:
-    budgets = [max_new_tokens] * rows if isinstance(max_new_tokens, int) else list(max_new_tokens)
-    if len(budgets) != rows:
-        raise ValueError(f"{len(budgets)} max_new_tokens values for {rows} requests")
-    for b in budgets:
-        if not isinstance(b, int) or isinstance(b, bool):
-            raise TypeError(f"max_new_tokens must be ints, got {max_new_tokens!r}")
-        if b < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens!r}")
-    return budgets
-
-
 def check_context(prompt_lengths: Sequence[int], budgets: Sequence[int], positions: int) -> None:
     """Each request's prompt (placeholders expanded) and budget must fit the LLM's positions
     (`text_config.max_expected_seq_len`): past them FMS's rotary embedding raises an
@@ -553,13 +536,6 @@ def check_context(prompt_lengths: Sequence[int], budgets: Sequence[int], positio
                 f"({budget}) need {length + budget} positions, but the model has {positions} "
                 f"(text_config.max_expected_seq_len); {advice}"
             )
-
-
-def _eos_tensor(eos_token_id: int | Sequence[int] | None, device) -> torch.Tensor:
-    ids = [] if eos_token_id is None else [eos_token_id]
-    if eos_token_id is not None and not isinstance(eos_token_id, int):
-        ids = list(eos_token_id)
-    return torch.tensor(ids, dtype=torch.long, device=device)
 
 
 # ----- the two searches: which rows continue, with which tokens --------------------------------

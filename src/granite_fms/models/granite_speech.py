@@ -29,7 +29,7 @@ from granite_fms.files import check_fms_directory
 from granite_fms.fms_compat import get_model_directory
 from granite_fms.models.conformer import ConformerConfig, ConformerEncoder
 from granite_fms.models.lora import LoRAFusedQKV, add_lora
-from granite_fms.models.qformer import QFormerConfig, QFormerProjector
+from granite_fms.models.qformer import QFormerConfig, QFormerProjector, output_length
 from granite_fms.models.tp import check_strategy
 
 logger = logging.getLogger(__name__)
@@ -151,16 +151,25 @@ class GraniteSpeech(nn.Module):
         """Tie weights, rebuild non-persistent buffers and refuse tensors never loaded."""
         self.language_model.post_init()
         self.encoder.post_init()
-        device = self.language_model.base_model.embedding.weight.device
         for lora in self._lora_modules():
-            lora.scale = torch.zeros((), device=device, dtype=lora.lora_a.weight.dtype)
-        if device.type != "meta":
+            lora.scale = torch.zeros((), device=self.device, dtype=lora.lora_a.weight.dtype)
+        if self.device.type != "meta":
             missing = [name for name, p in self.named_parameters() if p.is_meta]
             if missing:
                 raise ValueError(
                     f"checkpoint did not provide these tensors: {missing}{missing_hint(missing)}"
                 )
         self._set_adapter_active(False)
+
+    @property
+    def device(self) -> torch.device:
+        """The LLM's device (its embedding table's; under tensor parallel, this rank's)."""
+        return self.language_model.base_model.embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The LLM's dtype (its embedding table's)."""
+        return self.language_model.base_model.embedding.weight.dtype
 
     # ----- LoRA adapter: on for requests with audio, off for text-only ones ------------------
 
@@ -195,8 +204,7 @@ class GraniteSpeech(nn.Module):
     def audio_token_counts(self, frame_mask: torch.Tensor) -> torch.Tensor:
         """Number of audio embeddings (placeholders) per clip, from its valid frame count."""
         proj = self.config.projector_config
-        windows = (frame_mask.sum(dim=1) + proj.window_size - 1) // proj.window_size
-        return windows * (proj.window_size // proj.downsample_rate)
+        return output_length(frame_mask.sum(dim=1), proj.window_size, proj.downsample_rate)
 
     def audio_embeddings(self, features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         """(B, T, 160), (B, T) -> (B, ceil(T / window) * nqueries, llm_dim)."""
@@ -373,9 +381,10 @@ _tiny_config = GraniteSpeechConfig(
     lora_alpha=8.0,
 )
 
-# FMS's open pull request #499 registers an implementation of its own as "granite_speech"
-# (variants 3.3-8b, 3.2-8b, 3.3-2b). Where an installed FMS already has that name this package
-# registers under ARCHITECTURE = "granite_speech_fms" instead, so both stay usable.
+# FMS's pull request #499 (open on 2026-12-01; not in ibm-fms 1.13.1) registers an
+# implementation of its own as "granite_speech" (variants 3.3-8b, 3.2-8b, 3.3-2b). Where an
+# installed FMS already has that name this package registers under ARCHITECTURE =
+# "granite_speech_fms" instead, so both stay usable.
 _FMS_NAME = "granite_speech"
 ARCHITECTURE = _FMS_NAME if _FMS_NAME not in models.list_models() else f"{_FMS_NAME}_fms"
 if ARCHITECTURE != _FMS_NAME:

@@ -32,6 +32,12 @@ class QFormerConfig(ModelConfig):
     llm_dim: int = 2048
 
 
+def output_length(frames, window_size: int, downsample_rate: int):
+    """Audio embeddings the projector makes from `frames` valid encoder frames (an int or a
+    tensor of counts): `window_size // downsample_rate` per window begun."""
+    return (frames + window_size - 1) // window_size * (window_size // downsample_rate)
+
+
 class QFormerAttention(nn.Module):
     """Multi-head attention with biases followed by dense + residual + LayerNorm."""
 
