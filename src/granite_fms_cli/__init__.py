@@ -109,9 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="granite-fms",
         description="Granite Speech on IBM's Foundation Model Stack: transcribe, translate, eval.",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -122,27 +119,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(commands, name: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand's parser, its help ending with the exit statuses."""
+    return commands.add_parser(
+        name,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+        **kwargs,
+    )
+
+
 def _transcribe(commands) -> None:
-    commands.add_parser(
+    _command(
+        commands,
         "transcribe",
         parents=[_output_flags(), _model_flags(True), _decoding_flags(keywords=True)],
         help="speech to text in its own language",
         description="Transcribe audio of any length into text with timed segments.",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
     )
 
 
 def _translate(commands) -> None:
-    translate = commands.add_parser(
+    translate = _command(
+        commands,
         "translate",
         parents=[_output_flags(), _model_flags(True), _decoding_flags(keywords=False)],
         help="speech to text in another language",
         description="Translate the speech of audio of any length into another language.",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
     )
     translate.add_argument(
         "--target_language", required=True, help="the language to translate into, e.g. French"
@@ -150,7 +154,8 @@ def _translate(commands) -> None:
 
 
 def _eval(commands) -> None:
-    evaluate = commands.add_parser(
+    evaluate = _command(
+        commands,
         "eval",
         parents=[_model_flags(False), _decoding_flags(keywords=True)],
         help="WER, CER, RTFx and tokens/s on a manifest, eager and compiled",
@@ -158,9 +163,6 @@ def _eval(commands) -> None:
         "CER (jiwer, after granite_fms.app.evaluation's normaliser), RTFx and tokens/s. Writes "
         "the report as JSON (with provenance) and as Markdown beside it. It does not resume: "
         "an interrupted eval writes nothing.",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
     )
     # fmt: off
     evaluate.add_argument("--manifest", required=True, help="NeMo JSONL manifest whose rows all have a `text`")
@@ -170,7 +172,8 @@ def _eval(commands) -> None:
 
 
 def _serve(commands) -> None:
-    serve = commands.add_parser(
+    serve = _command(
+        commands,
         "serve",
         parents=[_model_flags(True)],
         help="an OpenAI-compatible transcription server with dynamic batching",
@@ -178,9 +181,6 @@ def _serve(commands) -> None:
         "/health, /metrics) with FastAPI on uvicorn; requests that arrive together are decoded "
         "in one batch. With --compile, every batch size is compiled before the port opens. "
         "See granite_fms.app.server.",
-        epilog=EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
     )
     # Defaults: granite_fms.app.server.ServeOptions' (tests/test_server.py checks them).
     # fmt: off
