@@ -55,6 +55,16 @@ class ConformerConfig(ModelConfig):
         return self.emb_dim * (len(self.cat_hidden_layers) + 1)
 
 
+def attention_dists(
+    context_size: int, max_pos_emb: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """(C, C) rows of the relative-position table: query - key distance, clamped to +-C,
+    offset by max_pos_emb."""
+    pos = torch.arange(context_size, device=device)
+    dists = (pos.view(-1, 1) - pos.view(1, -1)).clamp(-context_size, context_size)
+    return dists + max_pos_emb
+
+
 class ConformerFeedForward(nn.Module):
     """Pre-norm SiLU MLP (used as a half step: the block scales its output by 0.5)."""
 
@@ -132,16 +142,20 @@ class ConformerAttention(nn.Module):
 
 
 class ConformerConvModule(nn.Module):
-    """Pointwise conv + GLU, depthwise conv, BatchNorm (inference statistics), SiLU, pointwise."""
+    """Pointwise conv + GLU, depthwise conv, BatchNorm (inference statistics), SiLU, pointwise.
 
-    def __init__(self, config: ConformerConfig):
+    stride: of the depthwise conv; 2 halves the frame rate (Granite Speech 5.0's subsampling
+    blocks), the output then has ceil(T / 2) frames.
+    """
+
+    def __init__(self, config: ConformerConfig, stride: int = 1):
         super().__init__()
         inner = config.emb_dim * config.conv_expansion_factor
         kernel = config.conv_kernel_size
         self.padding = (kernel // 2, kernel // 2 - (kernel + 1) % 2)
         self.ln = nn.LayerNorm(config.emb_dim, eps=config.norm_eps)
         self.up_conv = nn.Conv1d(config.emb_dim, 2 * inner, 1)
-        self.depth_conv = nn.Conv1d(inner, inner, kernel, groups=inner, bias=False)
+        self.depth_conv = nn.Conv1d(inner, inner, kernel, stride, groups=inner, bias=False)
         self.batch_norm = nn.BatchNorm1d(inner)
         self.down_conv = nn.Conv1d(inner, config.emb_dim, 1)
 
@@ -198,10 +212,7 @@ class ConformerEncoder(nn.Module):
         self.register_buffer("attention_dists", self._attention_dists(), persistent=False)
 
     def _attention_dists(self, device: torch.device | None = None) -> torch.Tensor:
-        ctx = self.config.context_size
-        pos = torch.arange(ctx, device=device)
-        dists = (pos.view(-1, 1) - pos.view(1, -1)).clamp(-ctx, ctx)
-        return dists + self.config.max_pos_emb
+        return attention_dists(self.config.context_size, self.config.max_pos_emb, device)
 
     def set_attn_backend(self, backend: str) -> None:
         """Switch every block's attention between "math" (reference) and "auto" (fused).
