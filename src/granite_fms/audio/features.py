@@ -253,13 +253,20 @@ class GraniteSpeechFeatureExtractor:
     @torch.no_grad()
     def _log_mel(self, wave: Tensor, where: str) -> Tensor:
         """(num_samples,) -> (encoder_frames, 2 * n_mels)."""
-        logmel = self.mel(wave).T.clamp_min(1e-10).log10()
-        if not torch.isfinite(logmel).all():
-            # HF returns these inf/NaN features; a model fed them answers with nonsense.
-            raise ValueError(
-                f"{where}: the mel power overflows float32 (peak sample "
-                f"{float(wave.abs().max()):.3g}); audio must be float samples in [-1, 1]"
-            )
-        logmel = torch.maximum(logmel, logmel.max() - 8.0) / 4 + 1
+        logmel = scaled_log_mel(self.mel(wave), wave, where)
         frames = logmel.shape[0] // 2 * 2
         return logmel[:frames].reshape(-1, 2 * self.n_mels)
+
+
+def scaled_log_mel(power: Tensor, wave: Tensor, where: str, floor_db: float = 8.0) -> Tensor:
+    """Mel power (n_mels, frames) -> (frames, n_mels): log10, floored `floor_db` below the
+    clip's maximum, then /4 + 1 (Granite Speech's scaling). `wave` and `where` name the clip in
+    the error for audio whose power overflows."""
+    logmel = power.T.clamp_min(1e-10).log10()
+    if not torch.isfinite(logmel).all():
+        # HF returns these inf/NaN features; a model fed them answers with nonsense.
+        raise ValueError(
+            f"{where}: the mel power overflows float32 (peak sample "
+            f"{float(wave.abs().max()):.3g}); audio must be float samples in [-1, 1]"
+        )
+    return torch.maximum(logmel, logmel.max() - floor_db) / 4 + 1

@@ -6,7 +6,6 @@ half-step feed-forwards per block; after the middle block the CTC head's softmax
 by the clip's own length, so a padded batch gives each clip the result it gets alone.
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -115,8 +114,11 @@ class ConformerAttention(nn.Module):
         bsz, nframes, _ = x.shape
         ctx = self.context_size
         # Shapes are Python ints: under torch.compile they specialise per padded length
-        # (or stay symbolic with dynamic shapes), never per clip length.
-        nblocks = math.ceil(nframes / ctx)
+        # (or stay symbolic with dynamic shapes), never per clip length. At least one frame of
+        # padding, even on whole blocks (one more block, all masked, all discarded): with a
+        # symbolic frame count, a cut back to it that may be no cut at all is a guard, and a
+        # graph for whole blocks and one for the rest.
+        nblocks = nframes // ctx + 1
         pad = nblocks * ctx - nframes
         x = F.pad(x, (0, 0, 0, pad))
         key_valid = F.pad(frame_mask, (0, pad), value=False).view(bsz * nblocks, 1, 1, ctx)

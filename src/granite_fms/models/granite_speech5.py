@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from fms import models
 from fms.utils import serialization
 from fms.utils.config import ModelConfig
@@ -126,9 +127,10 @@ class GraniteSpeech5Config(ModelConfig):
 def halve_mask(frame_mask: torch.Tensor) -> torch.Tensor:
     """(B, T) -> (B, T // 2): a pair of frames is valid iff both are; an odd last frame is
     dropped, as the pooled residual drops it."""
-    bsz, frames = frame_mask.shape
-    half = frames // 2
-    return frame_mask[:, : 2 * half].reshape(bsz, half, 2).all(dim=2)
+    # A pooling, not a slice to an even length: Dynamo guards on whether such a slice is
+    # empty, which would make a graph for odd and one for even frame counts at every rate.
+    pairs = F.avg_pool1d(frame_mask.unsqueeze(1).to(torch.float32), 2)
+    return pairs.squeeze(1) == 1
 
 
 class SubsamplingBlock(nn.Module):
@@ -152,9 +154,8 @@ class SubsamplingBlock(nn.Module):
     ) -> torch.Tensor:
         x = 0.5 * self.ff1(x) + x
         x = self.attn(x, frame_mask, attention_dists) + x
-        half = x.shape[1] // 2
-        pairs = x[:, : 2 * half].unflatten(1, (half, 2)).mean(dim=2)
-        x = pairs + self.conv(x, frame_mask)[:, :half]
+        pairs = x.unfold(1, 2, 2).mean(dim=-1)  # an odd last frame dropped
+        x = pairs + self.conv(x, frame_mask)[:, : pairs.shape[1]]
         x = 0.5 * self.ff2(x) + x
         return self.post_ln(x)
 
@@ -237,6 +238,11 @@ class GraniteSpeech5(nn.Module):
         if features.dim() != 3 or features.shape[-1] != dim:
             raise ValueError(
                 f"input features must be (batch, frames, {dim}), got {tuple(features.shape)}"
+            )
+        if features.shape[1] < self.config.frame_stride:
+            raise ValueError(
+                f"input features have {features.shape[1]} frames; the encoder needs at least "
+                f"{self.config.frame_stride} (one output frame)"
             )
         if frame_mask is None:
             return torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
