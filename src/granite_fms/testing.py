@@ -233,11 +233,73 @@ def load_hf_model(path: str | Path, dtype: torch.dtype = torch.float32):
     return _hf_class(model_type).from_pretrained(path, dtype=dtype).eval()
 
 
+# ----- Granite Speech 5.0 (CTC) ---------------------------------------------------------------
+
+# Shapes that exercise every code path in seconds: two subsampling blocks then two plain ones
+# (the feedback sits between them), a context of 8 frames, so that clips span several blocks at
+# every frame rate.
+# fmt: off
+TINY_ENCODER5 = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                     num_attention_heads=2, context_size=8, max_position_embeddings=16,
+                     conv_kernel_size=5, subsample_layers=[0, 1])
+# fmt: on
+CTC_VOCAB = 64
+
+
+def tiny_hf5_config(vocab_size: int = CTC_VOCAB, **encoder_overrides: Any):
+    """A small `transformers.GraniteSpeech5CTCConfig` (blank = pad = 0, tied CTC head)."""
+    from transformers import GraniteSpeech5CTCConfig
+
+    encoder = dict(TINY_ENCODER5, vocab_size=vocab_size, **encoder_overrides)
+    return GraniteSpeech5CTCConfig(vocab_size=vocab_size, encoder_config=encoder)
+
+
+def save_hf5_checkpoint(
+    path: str | Path, config=None, *, seed: int = 0, blank_logit: float = 0.0, tokenizer=None
+):
+    """Write a random `GraniteSpeech5ForCTC` checkpoint (+ `tokenizer` if given) and return
+    the HF model that wrote it (eval mode). `blank_logit` is added to the blank's bias of the
+    tied CTC head, so that greedy paths hold blanks as trained models' do."""
+    from transformers import GraniteSpeech5ForCTC
+
+    config = config if config is not None else tiny_hf5_config()
+    torch.manual_seed(seed)
+    model = GraniteSpeech5ForCTC(config).eval()
+    _randomize(model, seed)
+    with torch.no_grad():
+        model.encoder.out.bias[config.pad_token_id] += blank_logit
+    model.save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return GraniteSpeech5ForCTC.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def ctc_tokenizer(vocab_size: int = CTC_VOCAB):
+    """A character-level CTC tokenizer (transformers' `ParakeetTokenizer`, as the 5.0 release
+    uses): `<pad>` = 0 is the blank, then `<unk>`, the letters with and without the word
+    marker `▁`, and fillers; ids decode with the Metaspace decoder ("▁a", "b" -> "ab")."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers.models.parakeet.tokenization_parakeet import ParakeetTokenizer
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = ["<pad>", "<unk>", *(f"▁{c}" for c in letters), *letters]
+    if vocab_size < len(vocab):
+        raise ValueError(f"vocab_size must be at least {len(vocab)}, got {vocab_size}")
+    vocab += [f"▁w{i}" for i in range(vocab_size - len(vocab))]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    return ParakeetTokenizer(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>")
+
+
 __all__ = [
+    "ctc_tokenizer",
     "hf_config_from_fms",
     "load_hf_model",
+    "save_hf5_checkpoint",
     "save_hf_checkpoint",
     "save_variant_checkpoint",
+    "tiny_hf5_config",
     "tiny_hf_config",
     "variant_config",
     "variant_hf_config",

@@ -15,14 +15,15 @@ import torch.nn.functional as F
 import torchaudio
 from torch import Tensor
 
-from granite_fms.checkpoint import read_json
-from granite_fms.features import (
+from granite_fms.audio.features import (
     SAMPLE_RATE,
     AudioClip,
     GraniteSpeechFeatureExtractor,
-    _name,
+    clip_list,
+    clip_name,
     scaled_log_mel,
 )
+from granite_fms.files import read_json
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 FEATURE_EXTRACTOR_TYPE = "GraniteSpeech5FeatureExtractor"
@@ -123,11 +124,9 @@ class GraniteSpeech5FeatureExtractor:
     ) -> CTCFeatures:
         """Features for one clip or a list of clips (wav/flac paths, or 1-D float arrays or
         tensors at `sample_rate`), each computed alone, then zero-padded to the longest."""
-        clips = list(audio) if isinstance(audio, list | tuple) else [audio]
-        if not clips:
-            raise ValueError("empty list of audio clips")
+        clips = clip_list(audio)
         feats = [
-            self.features(self.waveform(clip, sampling_rate, i), _name(clip, i))
+            self.features(self.waveform(clip, sampling_rate, i), clip_name(clip, i))
             for i, clip in enumerate(clips)
         ]
         lengths = torch.tensor([f.shape[0] for f in feats])

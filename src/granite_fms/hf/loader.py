@@ -16,6 +16,7 @@ from fms.utils import serialization
 from torch import nn
 
 from granite_fms.files import ADAPTER_WEIGHTS, open_safetensors, weight_files
+from granite_fms.hf import granite_speech5
 from granite_fms.hf.config import fms_config_from_hf, read_hf_config
 from granite_fms.models.granite_speech import (
     ARCHITECTURE,
@@ -23,6 +24,7 @@ from granite_fms.models.granite_speech import (
     hf_to_fms_name,
     missing_hint,
 )
+from granite_fms.models.granite_speech5 import GraniteSpeech5
 from granite_fms.models.tp import check_strategy, strategy_from_name
 
 
@@ -53,8 +55,9 @@ def load_model(
     device: str | torch.device = "cpu",
     with_adapter: bool = True,
     distributed_strategy: str | None = None,
-) -> GraniteSpeech:
-    """Load a Hugging Face Granite Speech (or Plus) checkpoint directory into `GraniteSpeech`.
+) -> GraniteSpeech | GraniteSpeech5:
+    """Load a Hugging Face Granite Speech (or Plus) checkpoint directory into `GraniteSpeech`,
+    or a Granite Speech 5.0 one into `GraniteSpeech5` (`granite_fms.hf.granite_speech5`).
 
     Reads `config.json`, the base weights named by the safetensors index (or
     `model.safetensors`), and the peft LoRA adapter if present (`with_adapter=False` skips
@@ -65,6 +68,14 @@ def load_model(
     """
     model_dir = Path(model_dir)
     device = torch.device(device)
+    # Granite Speech 5.0 (a CTC encoder, no LLM) has a loader of its own.
+    if granite_speech5.is_granite_speech5(model_dir):
+        if distributed_strategy is not None:
+            raise ValueError(
+                "distributed_strategy shards the LLM of Granite Speech 3.x/4.x; Granite Speech "
+                "5.0 has none (run one whole model per rank instead)"
+            )
+        return granite_speech5.load_model(model_dir, dtype=dtype, device=device)
     strategy = strategy_from_name(distributed_strategy)
     hf_config = read_hf_config(model_dir)
     config = fms_config_from_hf(hf_config, model_dir if with_adapter else None)

@@ -30,7 +30,7 @@ from fms import models
 from fms.utils import serialization
 from fms.utils.config import ModelConfig
 
-from granite_fms.conformer import (
+from granite_fms.models.conformer import (
     ConformerAttention,
     ConformerBlock,
     ConformerConfig,
