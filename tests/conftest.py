@@ -8,7 +8,13 @@ import torch
 
 import granite_fms
 from granite_fms.app.demo import word_tokenizer
-from granite_fms.testing import load_hf_model, save_hf_checkpoint, tiny_hf_config
+from granite_fms.testing import (
+    ctc_tokenizer,
+    load_hf_model,
+    save_hf5_checkpoint,
+    save_hf_checkpoint,
+    tiny_hf_config,
+)
 from helpers import EOS_ID, set_generation_eos
 
 
@@ -113,3 +119,21 @@ def pair_4x(ckpt_4x):
 @pytest.fixture(scope="session")
 def pair_ctx200(ckpt_ctx200):
     return load_hf_model(ckpt_ctx200), granite_fms.load_model(ckpt_ctx200)
+
+
+@pytest.fixture(scope="session")
+def ckpt5(tmp_path_factory):
+    """Granite Speech 5.0 (CTC) written by `GraniteSpeech5ForCTC.save_pretrained`, with a
+    character-level `ParakeetTokenizer`; the blank's logit raised so greedy paths hold blanks
+    and repeats, as a trained model's do."""
+    path = tmp_path_factory.mktemp("ckpt5")
+    save_hf5_checkpoint(path, seed=5, blank_logit=3.0, tokenizer=ctc_tokenizer())
+    return path
+
+
+@pytest.fixture(scope="session")
+def pair5(ckpt5):
+    from transformers import GraniteSpeech5ForCTC
+
+    hf = GraniteSpeech5ForCTC.from_pretrained(ckpt5, dtype=torch.float32).eval()
+    return hf, granite_fms.load_model(ckpt5)
