@@ -254,6 +254,33 @@ def tiny_hf5_config(vocab_size: int = CTC_VOCAB, **encoder_overrides: Any):
     return GraniteSpeech5CTCConfig(vocab_size=vocab_size, encoder_config=encoder)
 
 
+def hf5_config_from_fms(config):
+    """The transformers `GraniteSpeech5CTCConfig` with the shapes of an FMS
+    `GraniteSpeech5Config` (the inverse of `granite_fms.hf.granite_speech5.fms_config_from_hf`)."""
+    from transformers import GraniteSpeech5CTCConfig
+
+    encoder = dict(
+        vocab_size=config.src_vocab_size,
+        hidden_size=config.emb_dim,
+        intermediate_size=round(config.hidden_grow_factor * config.emb_dim),
+        num_hidden_layers=config.nlayers,
+        num_attention_heads=config.nheads,
+        head_dim=config.head_dim,
+        num_mel_bins=config.n_mels,
+        context_size=config.context_size,
+        max_position_embeddings=config.max_pos_emb,
+        conv_kernel_size=config.conv_kernel_size,
+        conv_expansion_factor=config.conv_expansion_factor,
+        subsample_layers=list(config.subsample_layers),
+    )
+    return GraniteSpeech5CTCConfig(
+        vocab_size=config.src_vocab_size,
+        pad_token_id=config.blank_id,
+        tie_word_embeddings=config.tie_heads,
+        encoder_config=encoder,
+    )
+
+
 def save_hf5_checkpoint(
     path: str | Path, config=None, *, seed: int = 0, blank_logit: float = 0.0, tokenizer=None
 ):
