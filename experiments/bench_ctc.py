@@ -21,6 +21,7 @@ specialises (one row; one output frame; one attention block at a frame rate).
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -239,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = harness.Progress("bench_ctc", steps)
     torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory(prefix="bench_ctc-") as tmp:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")  # compiles are cold
         hf, fm, tokenizer = build(args.model, device, dtype, Path(tmp))
         progress.done("models")
         rows, ev = throughput(hf, fm, tokenizer, device, batches, progress)

@@ -14,6 +14,12 @@ projector output (each side feeds its own encoder output), merged embeddings, lo
 in fp32, bf16 and fp64 (see BATCH_RULE). Relative error = max |HF - FMS| / max |HF|, worst
 over the lengths; HF logits divided by `logits_scaling`. Exits non-zero if a gate fails.
 
+Granite Speech 5.0 (CTC) configurations (`CTC_CASES`): random checkpoints written by
+`GraniteSpeech5ForCTC`, on random features (1, T, 320): the last encoder block, the mid-layer
+CTC logits and their feedback, the logits, the greedy frame ids (`generate` against
+`greedy_ids`), and a padded batch against HF one clip at a time. In bf16 HF keeps its
+BatchNorms in fp32 (`_keep_in_fp32_modules_strict`); FMS casts everything.
+
 On a CPU without native bf16 (AVX512-BF16 or AMX) bf16 matmuls take slow kernels: the
 real-shaped case then runs bf16 at one length without its greedy and batch rows, and says so
 in the run file (--full runs them anyway).
@@ -43,7 +49,7 @@ BATCH_RULE = (
     "semantics (a padded clip gets what it gets alone) are gated in fp64 at 1e-9 everywhere."
 )
 NEW_TOKENS = 20
-AMPLIFIED_STAGES = ("batch_audio_embeddings", "encoder_fused_sdpa")
+AMPLIFIED_STAGES = ("batch_audio_embeddings", "encoder_fused_sdpa", "ctc_batch_logits")
 
 
 @dataclass
@@ -287,6 +293,148 @@ def run_case(case: Case, size: str, reduced_bf16: bool, progress) -> dict:
     return out
 
 
+# ----- Granite Speech 5.0 (CTC) ----------------------------------------------------------------
+
+
+@dataclass
+class CTCCase:
+    name: str
+    description: str
+    seed: int
+    lengths: dict[str, list[int]]  # quick / default / full, in encoder input frames
+    batch_lengths: list[int]
+    variant: str | None = None  # a registered granite_speech5 variant's shapes
+
+    def config(self):
+        from granite_fms.testing import hf5_config_from_fms, tiny_hf5_config
+
+        if self.variant is None:
+            return tiny_hf5_config()
+        from fms.models import get_model
+
+        return hf5_config_from_fms(
+            get_model("granite_speech5", self.variant, device_type="meta").config
+        )
+
+
+# fmt: off
+CTC_CASES = [
+    CTCCase("tiny-5.0", "tiny_hf5_config(): 4 blocks (2 subsampling) x 32, context 8, vocab 64",
+            5, {"quick": [9, 77], "default": [9, 33, 77], "full": [4, 9, 33, 64, 77]}, [77, 9, 40]),
+    CTCCase("real-5.0-470m",
+            "the 5.0-470m variant: 16 blocks x 1024 (2 subsampling), 8 x 128 heads, context 128, "
+            "vocab 16384", 6, {"quick": [130], "default": [130, 401],
+                               "full": [50, 128, 130, 401, 1000]}, [401, 130, 260],
+            variant="5.0-470m"),
+]
+# fmt: on
+
+
+def ctc_stages(hf, fm, x) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(HF, FMS) per stage of one clip, from forward hooks on the matching modules."""
+    names = ("ctc_encoder", "ctc_mid_logits", "ctc_mid_feedback", "ctc_logits")
+
+    def trace(modules, run) -> list[torch.Tensor]:
+        outputs = []
+        hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o)) for m in modules]
+        run()
+        for hook in hooks:
+            hook.remove()
+        return outputs
+
+    ref = trace(
+        [hf.encoder.layers[-1], hf.encoder.out, hf.encoder.out_mid, hf.ctc_head],
+        lambda: hf(input_features=x),
+    )
+    out = trace([fm.encoder.layers[-1], fm.encoder.out, fm.encoder.out_mid, fm.head], lambda: fm(x))
+    return dict(zip(names, zip(ref, out, strict=True), strict=True))
+
+
+def run_ctc_dtype(case, path, dtype_name, lengths, inputs, refs) -> dict:
+    """Every stage of one 5.0 configuration in one dtype (fp64: the batch check only)."""
+    from transformers import GraniteSpeech5ForCTC
+
+    import granite_fms
+
+    dtype, fp32 = DTYPES[dtype_name], dtype_name == "fp32"
+    hf = GraniteSpeech5ForCTC.from_pretrained(path, dtype=dtype).eval()
+    fm = granite_fms.load_model(path, dtype=dtype)
+    stages, generation, own_error = {}, [], {}
+    for frames in lengths:
+        x = inputs[frames].to(dtype)
+        for stage, (ref, out) in ctc_stages(hf, fm, x).items():
+            stages.setdefault(stage, []).append({"frames": frames, **diff(ref, out)})
+            if fp32:
+                refs[stage, frames] = ref.clone()
+            elif (stage, frames) in refs:
+                own_error.setdefault(stage, []).append(diff(refs[stage, frames], ref)["max_rel"])
+        ref_ids, ids = hf.generate(input_features=x)[0].tolist(), fm.greedy_ids(x)[0][0].tolist()
+        entry = dict(config=case.name, dtype=dtype_name, prompt="ctc", frames=frames)
+        entry.update(same_tokens(ref_ids, ids))
+        if fp32:
+            refs["ids", frames] = ref_ids
+        elif ("ids", frames) in refs:
+            entry["hf_bf16_vs_hf_fp32_identical_fraction"] = same_tokens(
+                refs["ids", frames], ref_ids
+            )["identical_fraction"]
+        generation.append(entry)
+    blens, gen = case.batch_lengths, torch.Generator().manual_seed(case.seed + 1000)
+    clips = [torch.randn(n, fm.config.input_dim, generator=gen).to(dtype) for n in blens]
+    feats = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)
+    mask = torch.arange(feats.shape[1])[None, :] < torch.tensor(blens)[:, None]
+    batched, floor = fm(feats, mask), 0.0
+    for i, clip in enumerate(clips):
+        ref, alone = hf(input_features=clip[None]).logits[0], fm(clip[None])[0]
+        out = batched[i, : ref.shape[0]]
+        stages.setdefault("ctc_batch_logits", []).append(
+            {"frames": f"clip{i}:{blens[i]}", **diff(ref, out)}
+        )
+        floor = max(floor, diff(alone, out)["max_rel"])
+    extras = {"batched_vs_alone_max_rel": floor, "lora_effect_min_rel": None}
+    if fp32:
+        x = inputs[max(lengths)]
+        xp = x * (1 + 2.0**-24 * torch.randn(x.shape, generator=gen))
+        extras["rounding_gain"] = (
+            diff(hf(input_features=x).logits, hf(input_features=xp).logits)["max_rel"]
+            / diff(x, xp)["max_rel"]
+        )
+    gc.collect()
+    return {"stages": stages, "generation": generation, "own_error": own_error, **extras}
+
+
+def run_ctc_case(case: CTCCase, size: str, progress) -> dict:
+    from granite_fms.testing import save_hf5_checkpoint
+
+    lengths, config = case.lengths[size], case.config()
+    gen = torch.Generator().manual_seed(case.seed)
+    inputs = {
+        n: torch.randn(1, n, 4 * config.encoder_config.num_mel_bins, generator=gen) for n in lengths
+    }
+    out: dict = {"rows": [], "generation": [], "lengths": {}}
+    results, refs = {}, {}
+    with tempfile.TemporaryDirectory(prefix=f"parity-{case.name}-") as tmp:
+        save_hf5_checkpoint(tmp, config, seed=case.seed, blank_logit=3.0)
+        for name in DTYPES:
+            used = [] if name == "fp64" else lengths
+            results[name] = run_ctc_dtype(case, Path(tmp), name, used, inputs, refs)
+            out["lengths"][name] = used
+            progress.done(f"{case.name} {name}")
+    gated = results["fp32"]["batched_vs_alone_max_rel"] <= TOLERANCES["fp32"]
+    for name, result in results.items():
+        out["rows"] += stage_rows(case, name, result, gated)
+        out["generation"] += result["generation"]
+    out["conditioning"] = dict(
+        rounding_gain=results["fp32"]["rounding_gain"],
+        fp32_gated=gated,
+        lora_effect_min_rel=None,
+        **{
+            f"{d}_batched_vs_alone_max_rel": r["batched_vs_alone_max_rel"]
+            for d, r in results.items()
+        },
+    )
+    return out
+
+
 def failures_of(rows: list[dict], generation: list[dict], conditioning: dict) -> list[str]:
     """Gated rows within tolerance, fp32 greedy tokens identical, the adapter matters."""
     out = [
@@ -345,9 +493,8 @@ def evidence_of(rows, generation, conditioning, failures) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = harness.parser(__doc__, device=False)
     parser.add_argument("--full", action="store_true", help="every length, bf16 in full")
-    parser.add_argument(
-        "--configs", nargs="+", choices=[c.name for c in CASES], default=[c.name for c in CASES]
-    )
+    names = [c.name for c in CASES + CTC_CASES]
+    parser.add_argument("--configs", nargs="+", choices=names, default=names)
     args = parser.parse_args(argv)
     size = "quick" if args.quick else "full" if args.full else "default"
     native = harness.cpu_has_native_bf16()
@@ -365,10 +512,22 @@ def main(argv: list[str] | None = None) -> int:
         steps[f"{c.name} fp32"] = 6 + per_length * n
         steps[f"{c.name} bf16"] = 3 + bf16
         steps[f"{c.name} fp64"] = 30 if c.real_audio else 0.5
+    ctc_cases = [c for c in CTC_CASES if c.name in args.configs]
+    for c in ctc_cases:
+        per_length = 6 if c.variant else 0.5
+        steps[f"{c.name} fp32"] = 10 + per_length * len(c.lengths[size])
+        steps[f"{c.name} bf16"] = 5 + per_length * len(c.lengths[size]) * (1 if native else 20)
+        steps[f"{c.name} fp64"] = 20 if c.variant else 0.5
     progress = harness.Progress("parity", steps)
     rows, generation, conditioning, lengths = [], [], {}, {}
     for case in cases:
         out = run_case(case, size, reduced, progress)
+        rows += out["rows"]
+        generation += out["generation"]
+        conditioning[case.name] = out["conditioning"]
+        lengths[case.name] = out["lengths"]
+    for case in ctc_cases:
+        out = run_ctc_case(case, size, progress)
         rows += out["rows"]
         generation += out["generation"]
         conditioning[case.name] = out["conditioning"]
@@ -396,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         passed=not failures,
         tolerances=tolerances,
         headline=["result", "fp32_stage_max_rel", "bf16_stage_max_rel"],
-        cases={c.name: c.description for c in cases},
+        cases={c.name: c.description for c in cases + ctc_cases},
         bf16_native=native,
         bf16_reduced=reduced,
         size=size,
