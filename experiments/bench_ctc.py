@@ -16,7 +16,7 @@ and model seconds are kept too. The modes are timed round robin per batch after 
 Census: `CTCDecoder(compile=True)` with a counting eager backend over clips of 0.5-30 s x
 batches of 1, 2, 8 and 32 rows (the last row of each batch 3/4 as long, so batches are padded),
 then new lengths of the same sizes: the graphs each sweep compiles, against the classes Dynamo
-specialises (one row; one output frame; one attention block at a frame rate).
+specialises (`specialisation`: a size where it is 1, and 16 rows on CPU).
 """
 
 from __future__ import annotations
@@ -170,11 +170,14 @@ def throughput(hf, fm, tokenizer, device, batches, progress) -> tuple[list[dict]
 
 
 def specialisation(frames: int, rows: int, config) -> tuple:
-    """The sizes Dynamo specialises where they are 1, for a batch of `rows` x `frames`."""
+    """What Dynamo specialises for a batch of `rows` x `frames`: a size where it is 1 (the
+    batch, the output frames, the attention blocks at each frame rate, the last stride-2
+    conv's output) and, on CPU, 16 rows or more (the convolutions' backend choice)."""
     rates = [frames]
     for _ in config.subsample_layers:
         rates.append(rates[-1] // 2)
-    return (rows == 1, rates[-1] == 1, *(n // config.context_size + 1 == 1 for n in rates))
+    blocks = tuple(n // config.context_size + 1 == 1 for n in rates)
+    return (rows == 1, rows >= 16, rates[-1] == 1, (rates[-2] + 1) // 2 == 1, *blocks)
 
 
 def census(fm, batches) -> tuple[dict, dict]:
