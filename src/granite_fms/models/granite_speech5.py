@@ -127,8 +127,8 @@ class GraniteSpeech5Config(ModelConfig):
 def halve_mask(frame_mask: torch.Tensor) -> torch.Tensor:
     """(B, T) -> (B, T // 2): a pair of frames is valid iff both are; an odd last frame is
     dropped, as the pooled residual drops it."""
-    # A pooling, not a slice to an even length: Dynamo guards on whether such a slice is
-    # empty, which would make a graph for odd and one for even frame counts at every rate.
+    # A pooling, not a slice to an even length: Dynamo guards on whether such a slice keeps
+    # every frame, which would make a graph for odd and one for even counts at every rate.
     pairs = F.avg_pool1d(frame_mask.unsqueeze(1).to(torch.float32), 2)
     return pairs.squeeze(1) == 1
 
