@@ -53,7 +53,7 @@ def parse(argv):
 
 def speech(seconds: float) -> torch.Tensor:
     """The fixture sentences end to end, repeated to `seconds` of 16 kHz audio."""
-    from granite_fms.features import load_audio
+    from granite_fms.audio.features import load_audio
 
     data = harness.REPO / "tests" / "data"
     names = ("fox_16k.wav", "long_16k.wav", "short_16k.wav")
@@ -68,7 +68,8 @@ def build(name: str, device: torch.device, dtype: torch.dtype, tmp: Path):
     from fms.models import get_model
 
     import granite_fms
-    from granite_fms.testing import ctc_tokenizer, hf5_config_from_fms, save_hf5_checkpoint
+    from granite_fms.app.demo import ctc_tokenizer
+    from granite_fms.testing import hf5_config_from_fms, save_hf5_checkpoint
 
     config = get_model("granite_speech5", name, device_type="meta").config
     # A raised blank logit, so that greedy paths hold blanks as a trained model's do.

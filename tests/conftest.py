@@ -7,9 +7,8 @@ import pytest
 import torch
 
 import granite_fms
-from granite_fms.app.demo import word_tokenizer
+from granite_fms.app.demo import ctc_tokenizer, word_tokenizer
 from granite_fms.testing import (
-    ctc_tokenizer,
     load_hf_model,
     save_hf5_checkpoint,
     save_hf_checkpoint,

@@ -36,10 +36,12 @@ from granite_fms.audio.processor import GraniteSpeechProcessor, Prompt, PromptId
 from granite_fms.audio.prompts import PromptPreset, preset_for
 from granite_fms.checks import token_ids
 from granite_fms.hf.config import read_eos_token_ids
+from granite_fms.hf.granite_speech5 import is_granite_speech5
 from granite_fms.hf.loader import load_model
 from granite_fms.inference.generation import BucketPolicy, Generation, Generator
 from granite_fms.inference.options import GenerationOptions, with_changes
 from granite_fms.models.granite_speech import GraniteSpeech
+from granite_fms.pipeline5 import CTCPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +84,24 @@ class SpeechPipeline:
         device: str | torch.device = "cpu",
         compile: bool = False,
         distributed_strategy: str | None = None,
-    ) -> "SpeechPipeline":
+    ) -> "SpeechPipeline | CTCPipeline":
         """Model and processor from a local Hugging Face checkpoint directory.
 
         The tokenizer is loaded if the directory has tokenizer files (the released ones do).
         EOS ids: those of `generation_config.json` (all of them), else the tokenizer's.
         `compile=True` is `compile()` with its defaults. `distributed_strategy="tp"` shards the
         LLM over the ranks of a torchrun job (`load_model`); every rank runs the same requests.
+        A Granite Speech 5.0 checkpoint (a CTC model) gives a `CTCPipeline` instead.
         """
+        if is_granite_speech5(model_dir):
+            if distributed_strategy is not None:
+                raise ValueError(
+                    "distributed_strategy shards the LLM of Granite Speech 3.x/4.x; Granite "
+                    "Speech 5.0 has none (run one whole model per rank instead)"
+                )
+            return CTCPipeline.from_pretrained(
+                model_dir, dtype=dtype, device=device, compile=compile
+            )
         model = load_model(
             model_dir, dtype=dtype, device=device, distributed_strategy=distributed_strategy
         )

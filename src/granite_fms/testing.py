@@ -5,7 +5,8 @@ No weights can be downloaded: tests and experiments build random checkpoints wit
 `GraniteSpeechPlusForConditionalGeneration`, given `cat_hidden_layers`) and a peft LoRA
 adapter, in the layouts of the real 3.3 (tied embeddings, LoRA) and 4.x (untied, no LoRA)
 releases. The word-level tokenizer and the random-weight pipeline of the built-in `tiny`
-variant (`word_tokenizer`, `random_pipeline`) live in `granite_fms.app.demo`.
+variant (`word_tokenizer`, `random_pipeline`) live in `granite_fms.app.demo`, as do those of
+`tiny-ctc` (`ctc_tokenizer`, `random_ctc_pipeline`).
 """
 
 import math
@@ -243,7 +244,7 @@ TINY_ENCODER5 = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                      num_attention_heads=2, context_size=8, max_position_embeddings=16,
                      conv_kernel_size=5, subsample_layers=[0, 1])
 # fmt: on
-CTC_VOCAB = 64
+CTC_VOCAB = 64  # blank, <unk>, the letters with and without `▁` (app.demo.ctc_tokenizer), more
 
 
 def tiny_hf5_config(vocab_size: int = CTC_VOCAB, **encoder_overrides: Any):
@@ -301,26 +302,7 @@ def save_hf5_checkpoint(
     return GraniteSpeech5ForCTC.from_pretrained(path, dtype=torch.float32).eval()
 
 
-def ctc_tokenizer(vocab_size: int = CTC_VOCAB):
-    """A character-level CTC tokenizer (transformers' `ParakeetTokenizer`, as the 5.0 release
-    uses): `<pad>` = 0 is the blank, then `<unk>`, the letters with and without the word
-    marker `▁`, and fillers; ids decode with the Metaspace decoder ("▁a", "b" -> "ab")."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers.models.parakeet.tokenization_parakeet import ParakeetTokenizer
-
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = ["<pad>", "<unk>", *(f"▁{c}" for c in letters), *letters]
-    if vocab_size < len(vocab):
-        raise ValueError(f"vocab_size must be at least {len(vocab)}, got {vocab_size}")
-    vocab += [f"▁w{i}" for i in range(vocab_size - len(vocab))]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    return ParakeetTokenizer(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>")
-
-
 __all__ = [
-    "ctc_tokenizer",
     "hf_config_from_fms",
     "load_hf_model",
     "save_hf5_checkpoint",

@@ -6,6 +6,7 @@
     granite-fms translate talk.wav --model_path CKPT --target_language French
     granite-fms eval --model_path CKPT --manifest test-clean.jsonl --output results/eval.json
     granite-fms transcribe clips/ --variant tiny    # the built-in default: random weights
+    granite-fms transcribe clips/ --variant tiny-ctc    # the same for Granite Speech 5.0 (CTC)
     granite-fms serve --model_path CKPT --compile   # OpenAI-compatible server on :8000
 
 This module is the command's front door: it parses the command line with the standard library
@@ -61,7 +62,7 @@ def _model_flags(compile_switch: bool) -> argparse.ArgumentParser:
     flags = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     group = flags.add_argument_group("model")
     group.add_argument("--model_path", help="Hugging Face checkpoint directory (config, safetensors, tokenizer)")
-    group.add_argument("--variant", help="a registered granite_speech variant with random weights instead of a checkpoint (`tiny`: the built-in default, for trying the tools; its text is meaningless)")
+    group.add_argument("--variant", help="a registered granite_speech (or granite_speech5) variant with random weights instead of a checkpoint (`tiny`: the built-in default, `tiny-ctc`: the same for Granite Speech 5.0; for trying the tools, their text is meaningless)")
     group.add_argument("--tokenizer", help="tokenizer directory, if not the checkpoint's (default for --variant: a word-level stand-in, granite_fms.app.demo.word_tokenizer)")
     group.add_argument("--device_type", choices=("cpu", "cuda"), help="device (default: cuda if available); under torchrun each rank takes its LOCAL_RANK")
     group.add_argument("--default_dtype", choices=DTYPES, help="weights and activations dtype (default: the checkpoint's)")

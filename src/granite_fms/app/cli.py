@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,12 @@ from granite_fms.app.results import Locked, OtherSettings, ResultStore
 from granite_fms.audio.longform import LongFormOptions
 from granite_fms.audio.prompts import PromptPreset
 from granite_fms.hf.config import read_eos_token_ids
+from granite_fms.hf.granite_speech5 import is_granite_speech5
+from granite_fms.inference.ctc import CTCDecoder
 from granite_fms.inference.generation import Generator
 from granite_fms.inference.options import GenerationOptions
 from granite_fms.pipeline import SpeechPipeline
+from granite_fms.pipeline5 import CTCPipeline, CTCProcessor
 
 logger = logging.getLogger("granite_fms.app.cli")
 
@@ -136,10 +139,11 @@ def _check_model(args: argparse.Namespace) -> None:
         )
     if args.model_path and not Path(args.model_path).is_dir():
         raise UsageError(f"--model_path {args.model_path} is not a directory")
-    if args.variant and args.variant not in list_variants("granite_speech"):
+    variants = list_variants("granite_speech") + list_variants("granite_speech5")
+    if args.variant and args.variant not in variants:
         raise UsageError(
-            f"--variant {args.variant!r} is not one of {list_variants('granite_speech')} "
-            "(granite_speech variants)"
+            f"--variant {args.variant!r} is not one of {variants} (granite_speech and "
+            "granite_speech5 variants)"
         )
     if args.tokenizer and not Path(args.tokenizer).is_dir():
         raise UsageError(f"--tokenizer {args.tokenizer} is not a directory")
@@ -150,9 +154,23 @@ def _check_model(args: argparse.Namespace) -> None:
     if args.distributed:
         if not args.model_path:
             raise UsageError("--distributed needs --model_path (a checkpoint to shard)")
+        if _is_granite_speech5(args):
+            raise UsageError(
+                "--distributed shards the LLM of Granite Speech 3.x/4.x; Granite Speech 5.0 has "
+                "none (without it, torchrun's ranks each hold a whole model and share the clips)"
+            )
         checks.torchrun(args.device_type)
     if getattr(args, "compile", False) or "compiled" in getattr(args, "modes", ()):
         checks.compile_settings(args.compile_mode, args.compile_backend)
+
+
+def _is_granite_speech5(args: argparse.Namespace) -> bool:
+    """Whether the (checked) model flags name a Granite Speech 5.0 (CTC) model."""
+    from fms.models import list_variants
+
+    if args.model_path:
+        return is_granite_speech5(args.model_path)
+    return args.variant in list_variants("granite_speech5")
 
 
 def _collect(inputs: list[str]) -> list[Item]:
@@ -250,9 +268,11 @@ def _resume(args, store: ResultStore, outputs: _Outputs, items: list[Item]) -> s
 # ----- the model ---------------------------------------------------------------------------------
 
 
-def load_pipeline(args: argparse.Namespace, device: str) -> SpeechPipeline:
+def load_pipeline(args: argparse.Namespace, device: str) -> SpeechPipeline | CTCPipeline:
     """The pipeline the (checked) model flags describe; UsageError if it cannot be loaded."""
-    from granite_fms.app.demo import random_pipeline
+    from fms.models import list_variants
+
+    from granite_fms.app.demo import random_ctc_pipeline, random_pipeline
     from granite_fms.audio.processor import GraniteSpeechProcessor
 
     dtype = DTYPES.get(args.default_dtype)
@@ -262,9 +282,16 @@ def load_pipeline(args: argparse.Namespace, device: str) -> SpeechPipeline:
             pipe = SpeechPipeline.from_pretrained(
                 args.model_path, dtype=dtype, device=device, distributed_strategy=strategy
             )
+        elif args.variant in list_variants("granite_speech5"):
+            pipe = random_ctc_pipeline(args.variant, dtype=dtype, device=device)
         else:
             pipe = random_pipeline(args.variant, dtype=dtype, device=device)
-        if args.tokenizer:
+        if args.tokenizer and isinstance(pipe, CTCPipeline):
+            processor = CTCProcessor.from_pretrained(args.tokenizer)
+            if processor.tokenizer is None:
+                raise UsageError(f"--tokenizer {args.tokenizer} holds no tokenizer files")
+            pipe = CTCPipeline(pipe.model, replace(pipe.processor, tokenizer=processor.tokenizer))
+        elif args.tokenizer:
             processor = GraniteSpeechProcessor.from_pretrained(args.tokenizer)
             if processor.tokenizer is None:
                 raise UsageError(f"--tokenizer {args.tokenizer} holds no tokenizer files")
@@ -274,6 +301,8 @@ def load_pipeline(args: argparse.Namespace, device: str) -> SpeechPipeline:
         raise UsageError(f"could not load the model: {e}") from e
     if pipe.tokenizer is None:
         raise UsageError(f"{args.model_path} has no tokenizer files; pass --tokenizer DIR")
+    if args.quantize and isinstance(pipe, CTCPipeline):
+        raise UsageError("--quantize int8 is for the LLM of Granite Speech 3.x/4.x")
     if args.quantize:
         pipe.generator = Generator(pipe.model, compile=False, quantize=args.quantize)
     if getattr(args, "compile", False):
@@ -281,13 +310,27 @@ def load_pipeline(args: argparse.Namespace, device: str) -> SpeechPipeline:
     return pipe
 
 
-def _compile(pipe: SpeechPipeline, args: argparse.Namespace) -> None:
+def _compile(pipe: SpeechPipeline | CTCPipeline, args: argparse.Namespace) -> None:
     pipe.compile(mode=args.compile_mode, backend=args.compile_backend, cache_dir=args.compile_cache)
 
 
-def _check_context(pipe: SpeechPipeline, request: Request) -> None:
+def _eager(pipe: SpeechPipeline | CTCPipeline) -> None:
+    if isinstance(pipe, CTCPipeline):
+        pipe.decoder = CTCDecoder(pipe.model)
+    else:
+        pipe.generator = Generator(pipe.model, compile=False)
+
+
+def _check_context(pipe: SpeechPipeline | CTCPipeline, request: Request) -> None:
     """Windows and budgets that fit the model's positions: what is capped is said once here
-    (`SpeechPipeline.fit_context`); a prompt that leaves no room is a usage error."""
+    (`SpeechPipeline.fit_context`); a prompt that leaves no room is a usage error. A CTC model
+    has no positions to fit, but refuses the options of the generative ones."""
+    if isinstance(pipe, CTCPipeline):
+        try:
+            pipe.check_options(request.task, request.keywords, request.generation)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        return
     try:
         options = request.long_form.chunk_length, request.generation.max_new_tokens
         fit = pipe.fit_context(request.prompt(pipe), *options)
@@ -503,7 +546,7 @@ def _mode_passes(pipe, args, mode, batches, request) -> tuple[float | None, floa
     if mode == "compiled":
         _compile(pipe, args)
     else:
-        pipe.generator = Generator(pipe.model, compile=False)
+        _eager(pipe)
     warmup = None
     if mode == "compiled":
         warmup, _ = _timed_pass(pipe, batches, request, f"{mode} warm-up")
@@ -544,6 +587,8 @@ def serve(args: argparse.Namespace) -> int:
     if args.distributed:
         raise UsageError("serve runs one model in one process; --distributed does not apply")
     _check_model(args)
+    if _is_granite_speech5(args):
+        raise UsageError("serve runs Granite Speech 3.x/4.x; Granite Speech 5.0 is not served yet")
     pipe = load_pipeline(args, Ranks.local_device(args.device_type))
     name = (
         Path(args.model_path).resolve().name

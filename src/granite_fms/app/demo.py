@@ -1,7 +1,9 @@
-"""The built-in `tiny` variant for trying the tools: random weights and a word-level tokenizer.
+"""The built-in `tiny` variant for trying the tools: random weights and a word-level tokenizer
+(and `tiny-ctc`, the same for Granite Speech 5.0, with a character-level CTC tokenizer).
 
     pipe = random_pipeline("tiny")          # what `granite-fms ... --variant tiny` runs
     pipe.transcribe("clip.wav")              # meaningless text, real speed
+    pipe = random_ctc_pipeline("tiny-ctc")  # `--variant tiny-ctc`
 
 The tokenizer is a stand-in for Granite's: the words of the prompt presets, then fillers, the
 audio placeholder at the model's `audio_token_index`, EOS `<|end_of_text|>` = 0 and a
@@ -11,8 +13,10 @@ Granite-like chat template.
 import torch
 from fms.models import get_model
 
+from granite_fms.audio.features5 import GraniteSpeech5FeatureExtractor
 from granite_fms.audio.processor import GraniteSpeechProcessor
 from granite_fms.pipeline import SpeechPipeline
+from granite_fms.pipeline5 import CTCPipeline, CTCProcessor
 
 # Word-level stand-in for Granite's tokenizer: special tokens first (EOS = 0), the words of the
 # prompt presets, then fillers `w<i>` up to the audio placeholder.
@@ -70,4 +74,45 @@ def random_pipeline(
     return SpeechPipeline(model, GraniteSpeechProcessor(tokenizer=tokenizer))
 
 
-__all__ = ["CHAT_TEMPLATE", "random_pipeline", "word_tokenizer"]
+def ctc_tokenizer(vocab_size: int = 64):
+    """A character-level CTC tokenizer (transformers' `ParakeetTokenizer`, as the 5.0 release
+    uses): `<pad>` = 0 is the blank, then `<unk>`, the letters with and without the word
+    marker `▁`, and fillers; ids decode with the Metaspace decoder ("▁a", "b" -> "ab")."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers.models.parakeet.tokenization_parakeet import ParakeetTokenizer
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = ["<pad>", "<unk>", *(f"▁{c}" for c in letters), *letters]
+    if vocab_size < len(vocab):
+        raise ValueError(f"vocab_size must be at least {len(vocab)}, got {vocab_size}")
+    vocab += [f"▁w{i}" for i in range(vocab_size - len(vocab))]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    return ParakeetTokenizer(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>")
+
+
+def random_ctc_pipeline(
+    variant: str = "tiny-ctc",
+    *,
+    dtype: torch.dtype | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+):
+    """A `CTCPipeline` of a registered `granite_speech5` variant with random weights (FMS's
+    `get_model` without a checkpoint, seeded) and a `ctc_tokenizer` of its vocabulary: the
+    built-in default of `granite-fms --variant tiny-ctc`, for speed, not for text."""
+    torch.manual_seed(seed)
+    model = get_model("granite_speech5", variant, device_type="cpu", data_type=dtype)
+    model = model.to(device).eval()
+    tokenizer = ctc_tokenizer(model.config.src_vocab_size)
+    return CTCPipeline(model, CTCProcessor(GraniteSpeech5FeatureExtractor(), tokenizer))
+
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "ctc_tokenizer",
+    "random_ctc_pipeline",
+    "random_pipeline",
+    "word_tokenizer",
+]

@@ -115,6 +115,12 @@ class GraniteSpeech5FeatureExtractor:
         """Encoder frames of a clip of `num_samples`."""
         return -(-(num_samples // self.hop_length) // 2)
 
+    def waveforms(
+        self, audio: AudioClip | list[AudioClip], sampling_rate: int | None = None
+    ) -> list[Tensor]:
+        """`waveform` of one clip or of each clip of a list (see 3.x's `waveforms`)."""
+        return self.reader.waveforms(audio, sampling_rate)
+
     def waveform(self, clip: AudioClip, sampling_rate: int | None = None, index: int = 0) -> Tensor:
         """One clip as a checked float32 1-D tensor at `sample_rate` (see 3.x's `waveform`)."""
         return self.reader.waveform(clip, sampling_rate, index)
