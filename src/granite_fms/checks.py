@@ -5,7 +5,7 @@ Python counts `True` as the int 1, so a flag passed where a count belongs would 
 """
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 def is_int(value) -> bool:
@@ -34,4 +34,26 @@ def token_ids(name: str, value) -> tuple[int, ...] | None:
     return tuple(int(i) for i in ids)
 
 
-__all__ = ["check_positive_int", "is_int", "is_number", "token_ids"]
+def check_checkpoint_tensors(
+    tensors: Mapping[str, object],
+    shapes: Mapping[str, tuple[int, ...]],
+    origin: Mapping[str, list[str]] | None,
+    unknown_hint: str,
+) -> None:
+    """ValueError for a checkpoint tensor (FMS name) the model has no place for, or one whose
+    shape differs from `shapes`; `origin` names the file each came from, for the message."""
+    unknown = sorted(k for k in tensors if k not in shapes)
+    if unknown:
+        raise ValueError(
+            f"checkpoint tensors with no place in the model (FMS names): {unknown}; {unknown_hint}"
+        )
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != shapes[name]:
+            where = f" (from {origin[name]})" if origin and name in origin else ""
+            raise ValueError(
+                f"shape mismatch for {name}: the model expects {shapes[name]}, the checkpoint "
+                f"has {tuple(tensor.shape)}{where}"
+            )
+
+
+__all__ = ["check_checkpoint_tensors", "check_positive_int", "is_int", "is_number", "token_ids"]

@@ -25,6 +25,7 @@ from fms.models.granite import Granite, GraniteConfig
 from fms.utils import serialization
 from fms.utils.config import ModelConfig
 
+from granite_fms.checks import check_checkpoint_tensors
 from granite_fms.files import check_fms_directory
 from granite_fms.fms_compat import get_model_directory
 from granite_fms.models.conformer import ConformerConfig, ConformerEncoder
@@ -554,13 +555,13 @@ def _check_tensors(
     if model_config is None:
         raise ValueError("the granite_speech checkpoint adapter needs model_config")
     shapes = _checkpoint_shapes(json.dumps(model_config.as_dict(), sort_keys=True))
-    unknown = sorted(k for k in input_sd if k not in shapes)
-    if unknown:
-        raise ValueError(
-            f"checkpoint tensors with no place in the model (FMS names): {unknown}; "
-            "is the checkpoint for another configuration, or is its LoRA adapter "
-            "targeting modules other than q_proj/v_proj?"
-        )
+    check_checkpoint_tensors(
+        input_sd,
+        shapes,
+        origin,
+        "is the checkpoint for another configuration, or is its LoRA adapter targeting "
+        "modules other than q_proj/v_proj?",
+    )
     layers: dict[str, set[str]] = {}
     for name in input_sd:
         match = _LLM_LAYER.match(name)
@@ -575,13 +576,6 @@ def _check_tensors(
                     f"LLM layer {layer} of the checkpoint has {present} but not {absent}; "
                     "these tensors are fused and must all be there"
                 )
-    for name, tensor in input_sd.items():
-        if tuple(tensor.shape) != shapes[name]:
-            where = f" (from {origin[name]})" if origin and name in origin else ""
-            raise ValueError(
-                f"shape mismatch for {name}: the model expects {shapes[name]}, the checkpoint "
-                f"has {tuple(tensor.shape)}{where}"
-            )
     if model_config.text_config.tie_heads and _HEAD in input_sd:
         # transformers ties by the top-level tie_word_embeddings; a head that equals the
         # embeddings (a checkpoint that stores both) is the tied one.

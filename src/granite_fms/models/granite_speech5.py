@@ -30,6 +30,7 @@ from fms import models
 from fms.utils import serialization
 from fms.utils.config import ModelConfig
 
+from granite_fms.checks import check_checkpoint_tensors
 from granite_fms.models.conformer import (
     ConformerAttention,
     ConformerBlock,
@@ -369,19 +370,9 @@ def _check_tensors(
     if model_config is None:
         raise ValueError("the granite_speech5 checkpoint adapter needs model_config")
     shapes = _checkpoint_shapes(json.dumps(model_config.as_dict(), sort_keys=True))
-    unknown = sorted(k for k in input_sd if k not in shapes)
-    if unknown:
-        raise ValueError(
-            f"checkpoint tensors with no place in the model (FMS names): {unknown}; is the "
-            "checkpoint for another configuration?"
-        )
-    for name, tensor in input_sd.items():
-        if tuple(tensor.shape) != shapes[name]:
-            where = f" (from {origin[name]})" if origin and name in origin else ""
-            raise ValueError(
-                f"shape mismatch for {name}: the model expects {shapes[name]}, the checkpoint "
-                f"has {tuple(tensor.shape)}{where}"
-            )
+    check_checkpoint_tensors(
+        input_sd, shapes, origin, "is the checkpoint for another configuration?"
+    )
     for name in input_sd:
         match = _KV.match(name)
         other = match and f"{match.group(1)}.{'value' if match.group(2) == 'key' else 'key'}.weight"
