@@ -300,7 +300,8 @@ def fms_mode(pipe, w: Workload, reps: dict) -> ModeSetup:
             "e2e": Task(e2e, reps["e2e"]),
         }
         if not gen.compiled:  # the eager modules, one by one
-            x, mask = p.features, p.frame_mask
+            # fp32 features in the encoder's dtype, as `GraniteSpeech.audio_embeddings` casts
+            x, mask = p.features.to(fm.encoder.input_linear.weight.dtype), p.frame_mask
             enc = fm.encoder(x, mask)
             proj = fm.projector(enc)
             tasks["encoder"] = Task(lambda: fm.encoder(x, mask), r)

@@ -98,6 +98,25 @@ def test_lora_scale_comes_from_the_adapter_file(ckpt_33):
     assert granite_fms.load_model(ckpt_33, with_adapter=False).config.lora_rank == 0
 
 
+def test_missing_adapter_warned_for_a_directory_only(tmp_path, ckpt_33, caplog):
+    """A checkpoint directory whose config has has_lora_adapter but lacks the adapter files is
+    warned about, naming the directory; a config mapped in memory (no directory: the caller
+    adds its LoRA) is not."""
+    from granite_fms.hf.config import fms_config_from_hf, read_hf_config
+
+    stripped = tmp_path / "no_adapter"
+    shutil.copytree(ckpt_33, stripped)
+    (stripped / "adapter_config.json").unlink()
+    (stripped / "adapter_model.safetensors").unlink()
+    with caplog.at_level("WARNING", logger="granite_fms.hf.config"):
+        assert granite_fms.load_model(stripped).config.lora_rank == 0
+    assert "has_lora_adapter" in caplog.text and str(stripped) in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="granite_fms.hf.config"):
+        assert fms_config_from_hf(read_hf_config(ckpt_33)).lora_rank == 0
+    assert "has_lora_adapter" not in caplog.text
+
+
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
     """A sharded checkpoint plus orphaned shards of another configuration, as in the public

@@ -108,7 +108,8 @@ def fms_config_from_hf(
     hf_config: PretrainedConfig, model_dir: str | Path | None = None
 ) -> GraniteSpeechConfig:
     """Map a transformers `GraniteSpeechConfig` or `GraniteSpeechPlusConfig` (+ the adapter
-    config in model_dir) to FMS."""
+    config in model_dir) to FMS. Without model_dir (a config built in memory) the mapping has
+    no LoRA: the caller adds its own (`config.updated(lora_rank=...)`)."""
     text = hf_config.text_config
     if text.model_type != "granite":
         raise ValueError(
@@ -133,10 +134,11 @@ def fms_config_from_hf(
         pad_id=text.pad_token_id if text.pad_token_id is not None else -1, tie_heads=tie
     )
     lora = read_lora_config(model_dir) if model_dir is not None else None
-    if lora is None and getattr(hf_config, "has_lora_adapter", False):
+    if model_dir is not None and lora is None and getattr(hf_config, "has_lora_adapter", False):
         logger.warning(
-            "config says has_lora_adapter but no %s/%s found: loading without LoRA, which "
+            "config says has_lora_adapter but %s has no %s/%s: loading without LoRA, which "
             "degrades speech requests",
+            model_dir,
             ADAPTER_CONFIG,
             ADAPTER_WEIGHTS,
         )
