@@ -45,7 +45,9 @@ BROWSER_PAGES = [
     ("guidelines/index.html", "guidelines"),
     ("notebooks/walkthrough/index.html", "walkthrough"),
     ("updates/index.html", "updates"),
-    ("reference/granite_speech/index.html", "reference-granite_speech"),
+    ("reference/models.granite_speech/index.html", "reference-granite_speech"),
+    ("serving/index.html", "serving"),
+    ("granite-speech-5/index.html", "granite-speech-5"),
 ]
 
 
