@@ -260,7 +260,7 @@ def decode_step_inputs(gen, w: Workload):
     p = gen.prepare(rows, feats, w.new_tokens)
     token = torch.ones(p.position_ids.shape[0], 1, dtype=torch.long, device=gen.device)
     slot = torch.full((1,), p.prompt_len, device=gen.device)
-    return p, (token, p.position_ids[:, -1:] + 1, p.cache, slot, p.key_valid, None)
+    return p, (token, p.position_ids[:, -1:] + 1, p.cache, slot, p.key_valid)
 
 
 def fms_mode(pipe, w: Workload, reps: dict) -> ModeSetup:
