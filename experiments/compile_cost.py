@@ -13,10 +13,10 @@ static shapes, symbolic shapes and regional compilation, and what the steady sta
    weights, fp32; --quick: 4 blocks) as one region, the same three configurations: the first
    call on a 10 s clip (cold), then a 20 s batch of 2 (new shapes), then the steady state on
    the 10 s clip, round robin.
-3. Warm start: a process compiles the default configuration cold, runs the first request and
-   saves the artifact (`SpeechPipeline.save_compiled`'s file); a fresh process with an empty
-   Inductor cache loads it (`compile(cache=...)`) and runs the same request: first-request and
-   process times, Inductor's cache hits and misses, and whether the tokens are the same.
+3. Warm start, the same three configurations: a process compiles cold, runs the first
+   request and saves the artifact (`SpeechPipeline.save_compiled`'s file); a fresh process with
+   an empty Inductor cache loads it (`compile(cache=...)`) and runs the same request:
+   first-request and process times, Inductor's cache hits and misses, the same tokens or not.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def encoder_configs(tmp: Path, reps, layers: int) -> dict:
         config = CompileConfig(**fields)
         enc = copy.deepcopy(encoder)
         if config.regional:
-            compile_blocks(enc.layers, config, None)
+            compile_blocks(enc.layers, config, config.symbolic)
         dims = (lambda f, m: [(f, (0, 1)), (m, (0, 1))]) if config.symbolic else None
         region = Region(
             "encode",
@@ -164,7 +164,7 @@ def encoder_configs(tmp: Path, reps, layers: int) -> dict:
     return {"configs": out, "layers": layers, "max_rel_err": err}
 
 
-def child(role: str, tmp: str) -> None:
+def child(role: str, config: str, tmp: str) -> None:
     """Part 3, one fresh process: `save` compiles cold and writes the artifact, `load` loads
     it; both time the first request. Prints JSON."""
     start = time.perf_counter()
@@ -175,8 +175,9 @@ def child(role: str, tmp: str) -> None:
     torch.set_grad_enabled(False)
     fm = _tiny(Path(tmp))
     rows, feats = _request(fm)
-    artifact = Path(tmp) / "granite.compiled"
-    pipe = SpeechPipeline(fm).compile(cache=artifact if role == "load" else None)
+    artifact = Path(tmp) / f"{config}.compiled"
+    cache = artifact if role == "load" else None
+    pipe = SpeechPipeline(fm).compile(cache=cache, **CONFIGS[config])
     t0 = time.perf_counter()
     tokens = [g.tokens for g in pipe.generator.generate(rows, feats, max_new_tokens=NEW_TOKENS)]
     first = time.perf_counter() - t0
@@ -199,15 +200,20 @@ def child(role: str, tmp: str) -> None:
 
 
 def warm_start(tmp: Path, threads: int | None) -> dict:
+    """Part 3 for each configuration."""
     runs = {}
-    for role in ("save", "load"):
-        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp / f"inductor_{role}"))
-        env["COMPILE_COST_THREADS"] = str(threads or 0)
-        cmd = [sys.executable, "-m", "experiments.compile_cost", "--child", role, str(tmp)]
-        t0 = time.perf_counter()
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-        runs[role] = json.loads(out.stdout.strip().splitlines()[-1])
-        runs[role]["wall_s"] = time.perf_counter() - t0
+    for config in CONFIGS:
+        for role in ("save", "load"):
+            cache = tmp / f"inductor_{config}_{role}"
+            env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache))
+            env["COMPILE_COST_THREADS"] = str(threads or 0)
+            cmd = [sys.executable, "-m", "experiments.compile_cost", "--child", role, config]
+            t0 = time.perf_counter()
+            out = subprocess.run(
+                [*cmd, str(tmp)], check=True, capture_output=True, text=True, env=env
+            )
+            run = runs[(config, role)] = json.loads(out.stdout.strip().splitlines()[-1])
+            run["wall_s"] = time.perf_counter() - t0
     return runs
 
 
@@ -234,23 +240,33 @@ def evidence(tiny: dict, enc: dict, warm: dict) -> dict:
         tiny_same_tokens=tiny["same_tokens"],
         encoder_layers=enc["layers"],
         encoder_max_rel_err=enc["max_rel_err"],
-        cold_first_s=warm["save"]["first_s"],
-        warm_first_s=warm["load"]["first_s"],
-        warm_over_cold_first=warm["load"]["first_s"] / warm["save"]["first_s"],
-        cold_process_s=warm["save"]["process_s"],
-        warm_process_s=warm["load"]["process_s"],
-        warm_same_tokens=warm["load"]["tokens"] == warm["save"]["tokens"],
-        warm_fxgraph_cache_miss=warm["load"]["inductor"].get("fxgraph_cache_miss", 0),
-        warm_fxgraph_cache_hit=warm["load"]["inductor"].get("fxgraph_cache_hit", 0),
-        artifact_mb=warm["save"]["artifact_mb"],
     )
+    for config in CONFIGS:
+        cold, warm_run = warm[(config, "save")], warm[(config, "load")]
+        ev.update(
+            {
+                f"cold_first_s_{config}": cold["first_s"],
+                f"warm_first_s_{config}": warm_run["first_s"],
+                f"warm_over_cold_first_{config}": warm_run["first_s"] / cold["first_s"],
+                f"cold_process_s_{config}": cold["process_s"],
+                f"warm_process_s_{config}": warm_run["process_s"],
+                f"warm_same_tokens_{config}": warm_run["tokens"] == cold["tokens"],
+                f"warm_fxgraph_cache_miss_{config}": warm_run["inductor"].get(
+                    "fxgraph_cache_miss", 0
+                ),
+                f"warm_fxgraph_cache_hit_{config}": warm_run["inductor"].get(
+                    "fxgraph_cache_hit", 0
+                ),
+                f"artifact_mb_{config}": cold["artifact_mb"],
+            }
+        )
     return ev
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        child(argv[1], argv[2])
+        child(*argv[1:4])
         return 0
     args = harness.parser(__doc__, device=False).parse_args(argv)
     run = harness.Run(
@@ -262,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_grad_enabled(False)
     torch.compile(lambda x: x * 2)(torch.ones(2))  # the one-time start-up of the compiler
     reps = (2, 3, 1.0) if args.quick else (5, 15, 4.0)
-    steps = {"tiny": 240, "encoder": 300, "warm_start": 90}
+    steps = {"tiny": 400, "encoder": 500, "warm_start": 400}
     progress = harness.Progress("compile_cost", steps)
     with tempfile.TemporaryDirectory(prefix="compile_cost-") as tmp:
         tmp = Path(tmp)
@@ -277,13 +293,17 @@ def main(argv: list[str] | None = None) -> int:
         for part, configs in (("tiny", tiny["configs"]), ("encoder", enc["configs"]))
         for name, r in configs.items()
     ]
-    rows += [{"part": "warm_start", "config": role, **r} for role, r in warm.items()]
+    rows += [
+        {"part": "warm_start", "config": config, "process": role, **r}
+        for (config, role), r in warm.items()
+    ]
     run.write(
         what=f"{AUDIO_S} s clips, {NEW_TOKENS} new tokens; cold = empty Inductor cache",
         rows=rows,
         evidence=evidence(tiny, enc, warm),
         headline=[
-            "warm_over_cold_first",
+            "warm_over_cold_first_symbolic",
+            "warm_over_cold_first_regional",
             "tiny_new_batch_compile_share_symbolic",
             "tiny_steady_symbolic_over_static",
         ],

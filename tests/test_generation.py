@@ -111,13 +111,16 @@ WIDE_SWEEP = [(0.36, 1, 2, 1), (0.5, 1, 40, 4), (1.3, 2, 30, 4), (2.9, 3, 70, 1)
 NEW_SIZES = [(0.38, 1, 7, 1), (3.3, 6, 60, 1), (9.1, 20, 11, 1), (28, 3, 25, 3)]
 
 
-def test_one_graph_per_region_whatever_the_batch_and_prompt(pair_33, strict_dynamo):
+@pytest.mark.parametrize("regional", [False, True], ids=["whole", "regional"])
+def test_one_graph_per_region_whatever_the_batch_and_prompt(ckpt_33, strict_dynamo, regional):
     """Symbolic shapes: over audio 0.36-30 s, batch 1-32, every prompt bucket, greedy and beam
     search, the four regions compile a fixed set of 6 graphs (the audio path: one clip within
-    one encoder block, one clip over several, several clips); new batch sizes, lengths and
-    text-only requests then compile nothing."""
-    _, fm = pair_33
-    gen = Generator(fm, compile=CompileConfig(backend="aot_eager"))
+    one encoder block, one clip over several, several clips; regional: as many graphs of the
+    blocks); new batch sizes, lengths and text-only requests then compile nothing."""
+    import granite_fms
+
+    fm = granite_fms.load_model(ckpt_33)  # its own copy: regional compiles blocks in place
+    gen = Generator(fm, compile=CompileConfig(backend="aot_eager", regional=regional))
     prompts = set()
     for seconds, rows, suffix, beams in WIDE_SWEEP:
         ids, feats = _sweep_request(fm, seconds, rows, suffix)

@@ -349,14 +349,10 @@ class Generator:
         symbolic_frames = policy.audio_frames is None
         audio_buckets = 4 if symbolic_frames else len(policy.audio_frames)
         limit = 4 * audio_buckets * len(policy.prompt_tokens) * len(policy.batch)
-        if config.regional:
-            # Symbolic: automatic dynamic shapes (the second shape a block meets makes its
-            # sizes symbolic); marking them dynamic up front would guard on the strides of the
-            # first block's input, a view, which the next block's input is not.
-            dynamic = None if config.symbolic else False
-            frames = None if symbolic_frames else dynamic
-            compile_blocks(model.encoder.layers, config, frames)
-            compile_blocks(model.language_model.base_model.layers, config, dynamic)
+        if config.regional:  # blocks: their sizes symbolic, or static per bucket
+            frames = None if symbolic_frames else False  # automatic dynamic for frames
+            compile_blocks(model.encoder.layers, config, config.symbolic or frames)
+            compile_blocks(model.language_model.base_model.layers, config, config.symbolic)
         audio = ((0,) if config.symbolic else ()) + ((1,) if symbolic_frames else ())
         llm = config.symbolic  # the LLM steps' sizes: symbolic or one graph per bucket
         mode = config.decode_mode(self.device)

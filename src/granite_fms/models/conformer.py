@@ -135,10 +135,14 @@ class ConformerAttention(nn.Module):
         # Key-padding mask from each clip's length. For a single clip this masks exactly what
         # the reference masks for the valid query rows; padded query rows are discarded.
         bias = bias.masked_fill(~key_valid, -torch.finfo(bias.dtype).max)
-        # MATH by default: the reference's numerics (it upcasts bf16 internally).
+        # MATH by default: the reference's numerics (it upcasts bf16 internally). The kernel
+        # is called directly, which is what `sdpa_kernel(SDPBackend.MATH)` selects (bitwise the
+        # same): the context manager would be a call in the compiled graph that PyTorch's
+        # AOTAutograd cache refuses, so a warm start would trace it again.
         if self.force_math:
-            with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+            out = torch.ops.aten._scaled_dot_product_attention_math(
+                q, k, v, attn_mask=bias, scale=self.scale
+            )[0]
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         out = _unblocks(out.transpose(1, 2).contiguous(), bsz, nblocks)[:, :nframes]
@@ -260,7 +264,10 @@ class ConformerEncoder(nn.Module):
         self.attention_dists = self._attention_dists(self.input_linear.weight.device)
 
     def forward(self, features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        x = self.input_linear(features)
+        # A plain tensor, not the view a biased linear returns for 3-D input: with the blocks
+        # compiled one by one (regional), block 1 alone would get a view, which Dynamo guards
+        # on (its base), and the next block's input would compile a second graph.
+        x = self.input_linear(features).clone()
         cat = self.config.cat_hidden_layers
         kept = [x] if 0 in cat else []
         mid = len(self.layers) // 2
