@@ -132,8 +132,10 @@ def measure(fm, inputs: dict[str, list], fields: dict, hits) -> tuple[dict, floa
         instrument(gen, hook)
         for part in stream:
             before = dict(gen.compiles)
-            for request, beams in inputs[part]:
+            for i, (request, beams) in enumerate(inputs[part]):
                 run_generate(gen, request, beams)
+                if part == stream[0] and i == 0:
+                    per_part[f"{part}_first"] = dict(gen.compiles)
                 if part == stream[0] and beams == 1:  # real rows vs the unpadded forward
                     ref = fm(
                         request.input_ids,
@@ -162,6 +164,9 @@ def evidence(results: dict[str, dict]) -> dict:
         "padded_shapes": sum(sym["padded_shapes"].values()),
         "fms_gen_generate_max_compiles_per_frame": sym["max_compiles_per_frame"],
     }
+    for name in REGIONS:  # after the census sweep's first request (GS-6)
+        after = sym["per_part"]["sweep"][name] - sym["per_part"]["sweep_first"][name]
+        ev[f"fms_gen_{name}_recompiles_sweep"] = after
     for config, r in results.items():
         parts = r["per_part"]
         for part in ("sweep", "second", "new_blocks", "wide", "wide_second"):
