@@ -301,6 +301,11 @@ def main(argv: list[str] | None = None) -> int:
         what=f"{AUDIO_S} s clips, {NEW_TOKENS} new tokens; cold = empty Inductor cache",
         rows=rows,
         evidence=evidence(tiny, enc, warm),
+        not_measured={
+            "gpu": "no GPU was lent to this work: the GPU targets (3.3-8b, bf16: cold first "
+            "request, each further batch size, a warm process's first request, the decode "
+            "step in CUDA graphs) are unmeasured"
+        },
         headline=[
             "warm_over_cold_first_symbolic",
             "warm_over_cold_first_regional",

@@ -14,10 +14,11 @@ Four steps, each one graph with no breaks when compiled (`granite_fms.inference.
 
 Shapes come from a `BucketPolicy`: prompts, batch rows and the cache are padded to buckets.
 With symbolic shapes (the default `CompileConfig`) the rows, prompt length, cache length and
-frame count are symbolic sizes, so every bucket runs the same graphs: over audio of 0.5-30 s,
-batch 1-32, every prompt bucket, greedy and beam search, 6 graphs in all (the audio path
-specialises a lone clip within one encoder block, a lone clip over several, and several
-clips). With static shapes each bucket compiles its own. Padding never changes a result:
+frame count are symbolic sizes, so every bucket runs the same graphs, whatever the audio
+length, batch size, prompt length and search: one per step, and three for the audio path (a
+lone clip within one encoder block, a lone clip over several, several clips; counted by
+`tests/test_generation.py` and `experiments/census_generator.py`). With static shapes each
+bucket compiles its own. Padding never changes a result:
 padded frames are masked in the encoder (frame mask), padded prompt slots and padded batch
 rows are masked in the LLM (`key_valid`), so bucketing only costs compute.
 
