@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from granite_fms.app import cli
+import granite_fms_cli
 from granite_fms.inference.compile import ARTIFACT_FORMAT, CompileConfig, environment
 from granite_fms.pipeline import SpeechPipeline
 from helpers import DATA
@@ -51,7 +51,7 @@ def test_artifact_round_trip_in_a_fresh_process(dirs, tmp_path):
     """`granite-fms compile` (its own process, Inductor), then a fresh process with an empty
     Inductor cache: every graph a cache hit, no kernel built, eager's text."""
     model, artifact = str(dirs[1]), tmp_path / "granite.compiled"
-    compile_cmd = [sys.executable, "-m", "granite_fms.app.cli", "compile", "--model_path", model]
+    compile_cmd = [sys.executable, "-m", "granite_fms_cli", "compile", "--model_path", model]
     compile_cmd += ["--output", str(artifact), "--batch_sizes", "1", "--audio_seconds", "1.2"]
     compile_cmd += ["--max_new_tokens", "4", "--device_type", "cpu"]
     done = subprocess.run(
@@ -127,7 +127,10 @@ def test_cli_names_a_bad_compile_cache(dirs, tmp_path, capsys):
     bad = tmp_path / "bad.compiled"
     bad.write_text("{}")
     argv = ["transcribe", str(DATA / "short_16k.wav"), "--model_path", str(dirs[1])]
-    assert cli.main([*argv, "--compile_cache", str(bad), "--output_dir", str(tmp_path)]) == 2
+    assert (
+        granite_fms_cli.main([*argv, "--compile_cache", str(bad), "--output_dir", str(tmp_path)])
+        == 2
+    )
     assert (
         f"--compile_cache: {bad} is not a granite-fms compile artifact" in capsys.readouterr().err
     )
