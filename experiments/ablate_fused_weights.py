@@ -36,6 +36,7 @@ def without_lora(fm):
 def measure(b: Bench) -> dict:
     from fms.utils.fusion import apply_unfuse_weights
 
+    from granite_fms.inference.compile import CompileConfig
     from granite_fms.inference.generation import Generator
 
     fused = without_lora(b.fm)
@@ -44,7 +45,7 @@ def measure(b: Bench) -> dict:
     tasks, first = {}, {}
     for name, model in (("fused", fused), ("unfused", unfused)):
         for compiled in (False, True):
-            gen = Generator(model, compile=compiled, mode="default" if compiled else None)
+            gen = Generator(model, compile=CompileConfig(mode="default") if compiled else None)
             _, step = decode_step_inputs(gen, b.workload)
             key = f"{name}_{'compiled' if compiled else 'eager'}"
             first[key] = harness.timed(lambda g=gen, a=step: g.decode(*a), b.device)

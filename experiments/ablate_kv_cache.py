@@ -29,7 +29,7 @@ def measure(b: Bench) -> dict:
     first, second = (
         harness.timed(lambda: fms_generate_intervals(dynamic, fm, w), device) for _ in range(2)
     )
-    eager = Generator(fm, b.generator.policy, compile=False)
+    eager = Generator(fm, b.generator.policy)
     r = b.reps["decode"]
     tasks = {
         "static_compiled": harness.Task(lambda: generator_intervals(b.generator, w), r, inner=True),

@@ -28,13 +28,16 @@ HEADLINE = [f"worst_compiled_over_eager_{name}" for name in POLICIES]
 
 
 def measure(b: Bench) -> dict:
+    from granite_fms.inference.compile import CompileConfig
     from granite_fms.inference.generation import BucketPolicy, Generator
 
     fm, device = b.fm, b.device
     seconds = SECONDS[::3] if b.workload.audio_s < 10 else SECONDS
     counters = {name: CompileCounterWithBackend("inductor") for name in POLICIES}
     gens = {
-        name: Generator(fm, BucketPolicy(audio_frames=frames), backend=counters[name])
+        name: Generator(
+            fm, BucketPolicy(audio_frames=frames), compile=CompileConfig(backend=counters[name])
+        )
         for name, frames in POLICIES.items()
     }
     dim = fm.config.encoder_config.input_dim

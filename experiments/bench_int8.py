@@ -4,7 +4,7 @@
 
 The target workload (10 s clip, batch 1; --quick: 3 s) through the compiled Generator, with
 the LLM's linear weights as loaded (fp32 on CPU, bf16 on a GPU) and int8 weight-only
-(torchao, `Generator(quantize="int8")`): one decode-step call, and end to end, timed round
+(torchao, `CompileConfig(quantize="int8")`): one decode-step call, and end to end, timed round
 robin; the prefill logits' error relative to their scale and the greedy tokens' agreement.
 Also the LM head alone (the largest matmul of a decode step) on one row: the weights as loaded,
 torchao's int8 layer, and on CPU ATen's int8 weight-only kernel (`_weight_int8pack_mm`, per-row
@@ -40,9 +40,11 @@ def head_tasks(b: Bench, gens: dict, reps) -> dict:
 
 def measure(b: Bench) -> dict:
     from granite_fms.inference.generation import Generator
+    from granite_fms.inference.quantize import quantize_llm
 
     w, device = b.workload, b.device
-    gens = {"base": b.generator, "int8": Generator(copy.deepcopy(b.fm), quantize="int8")}
+    int8 = quantize_llm(copy.deepcopy(b.fm), "int8")
+    gens = {"base": b.generator, "int8": Generator(int8, compile=b.generator.config)}
     feats, rows, _, _ = fms_inputs(b.fm, w)
     tokens, logits, tasks = {}, {}, {}
     for name, gen in gens.items():

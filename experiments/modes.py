@@ -260,7 +260,7 @@ def decode_step_inputs(gen, w: Workload):
     p = gen.prepare(rows, feats, w.new_tokens)
     token = torch.ones(p.position_ids.shape[0], 1, dtype=torch.long, device=gen.device)
     slot = torch.full((1,), p.prompt_len, device=gen.device)
-    return p, (token, p.position_ids[:, -1:] + 1, p.cache, slot, p.key_valid, None)
+    return p, (token, p.position_ids[:, -1:] + 1, p.cache, slot, p.key_valid)
 
 
 def fms_mode(pipe, w: Workload, reps: dict) -> ModeSetup:
@@ -299,7 +299,7 @@ def fms_mode(pipe, w: Workload, reps: dict) -> ModeSetup:
             "decode_call": Task(decode_calls, r, inner=True),
             "e2e": Task(e2e, reps["e2e"]),
         }
-        if not gen.compiled:  # the eager modules, one by one
+        if gen.config is None:  # eager: the modules, one by one
             # fp32 features in the encoder's dtype, as `GraniteSpeech.audio_embeddings` casts
             x, mask = p.features.to(fm.encoder.input_linear.weight.dtype), p.frame_mask
             enc = fm.encoder(x, mask)

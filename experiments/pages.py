@@ -292,6 +292,11 @@ CENSUS_COLUMNS = [
     "max_compiles_per_frame",
     "recompile_limit_hits",
     "compile_s",
+    "graphs_wide_symbolic",
+    "graphs_wide_second_symbolic",
+    "graphs_wide_regional",
+    "graphs_wide_static",
+    "graphs_wide_second_static",
 ]
 
 

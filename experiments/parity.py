@@ -165,7 +165,7 @@ def run_dtype(case, path, dtype_name, lengths, inputs, refs, reduced: bool) -> d
 
     dtype, fp32 = DTYPES[dtype_name], dtype_name == "fp32"
     hf, fm = load_hf_model(path, dtype=dtype), granite_fms.load_model(path, dtype=dtype)
-    gen = Generator(fm, compile=False)
+    gen = Generator(fm)
     scale, audio_id = fm.config.text_config.logits_scaling, fm.config.audio_token_index
     stages, generation, own_error, lora_effect = {}, [], {}, []
 

@@ -30,6 +30,7 @@ from granite_fms.audio.features import (
     load_audio,
 )
 from granite_fms.audio.processor import GraniteSpeechProcessor, check_prompt_ids
+from granite_fms.inference.compile import CompileConfig
 from granite_fms.inference.generation import BucketPolicy, Generator
 from granite_fms.models.conformer import ConformerConfig, ConformerEncoder
 from granite_fms.models.granite_speech import ARCHITECTURE, _hf_to_fms_rope
@@ -271,7 +272,7 @@ def test_compiled_generator_validates_on_the_host(pair_33):
     _, fm = pair_33
     torch._dynamo.reset()
     counter = CompileCounterWithBackend("eager")
-    gen = Generator(fm, backend=counter)
+    gen = Generator(fm, compile=CompileConfig(backend=counter))
     feats = AudioFeatures(
         torch.randn(1, 30, 160), torch.ones(1, 30, dtype=torch.bool), torch.tensor([6])
     )

@@ -10,6 +10,7 @@ from fms.utils.generation import generate, pad_input_ids
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from granite_fms.audio.features import AudioFeatures
+from granite_fms.inference.compile import CompileConfig
 from granite_fms.inference.generation import Generator
 from helpers import audio_prompt, fms_generate, n_tokens
 
@@ -53,9 +54,9 @@ def make_generator(request):
     """The same loop eager and compiled (aot_eager: the graphs, without Inductor's codegen)."""
     torch._dynamo.reset()
     if request.param == "eager":
-        yield lambda fm: Generator(fm, compile=False)
+        yield lambda fm: Generator(fm)
     else:
-        yield lambda fm: Generator(fm, backend="aot_eager")
+        yield lambda fm: Generator(fm, compile=CompileConfig(backend="aot_eager"))
     torch._dynamo.reset()
 
 
@@ -75,7 +76,7 @@ def test_beam_search_differs_from_greedy(pair_33):
     """Guards the identity tests: on this checkpoint K=4 and greedy choose different tokens."""
     _, fm = pair_33
     ids, feats, _ = _clip_request(fm, [45])
-    gen = Generator(fm, compile=False)
+    gen = Generator(fm)
     greedy = gen.generate(ids, feats, max_new_tokens=NEW)[0].tokens
     assert gen.generate(ids, feats, max_new_tokens=NEW, num_beams=BEAMS)[0].tokens != greedy
 
@@ -117,20 +118,23 @@ def test_beam_search_with_eos_some_beams_hit_early(pair_33, make_generator):
 def test_beam_search_text_only_matches_hf(pair_4x):
     hf, fm = pair_4x
     ids = audio_prompt(fm.config.audio_token_index, 0)[0]
-    got = Generator(fm, compile=False).generate([ids], max_new_tokens=NEW, num_beams=BEAMS)
+    got = Generator(fm).generate([ids], max_new_tokens=NEW, num_beams=BEAMS)
     assert got[0].tokens == _hf_beam_search(hf, ids, None)
 
 
-def test_beam_decode_is_one_graph_per_bucket(pair_33):
+def test_beam_search_shares_the_decode_graph(pair_33):
+    """Beam search adds one graph, the cache reorder; the decode step is greedy's."""
     _, fm = pair_33
     torch._dynamo.reset()
     ids, feats, _ = _clip_request(fm, [45, 30])
     cnt = CompileCounterWithBackend("eager")
-    gen = Generator(fm, backend=cnt)
+    gen = Generator(fm, compile=CompileConfig(backend=cnt))
+    gen.generate(ids, feats, max_new_tokens=5)
+    assert gen.compiles == {"encode": 1, "prefill": 1, "decode": 1, "reorder": 0}
     gen.generate(ids, feats, max_new_tokens=5, num_beams=BEAMS)
-    assert cnt.frame_count == 3  # audio path, prefill (8 rows), decode with the cache reorder
     gen.generate(ids, feats, max_new_tokens=5, num_beams=BEAMS)
-    assert cnt.frame_count == 3
+    assert cnt.frame_count == 4
+    assert gen.compiles == {"encode": 1, "prefill": 1, "decode": 1, "reorder": 1}
     torch._dynamo.reset()
 
 
@@ -163,7 +167,7 @@ def _one(feats: AudioFeatures, i: int) -> AudioFeatures:
 def test_budget_per_request(pair_33):
     _, fm = pair_33
     ids, feats, _ = _clip_request(fm, [61, 40], seed=2)
-    gen = Generator(fm, compile=False)
+    gen = Generator(fm)
     full = gen.generate(ids, feats, max_new_tokens=NEW)
     got = gen.generate(ids, feats, max_new_tokens=[3, NEW])
     assert got[0].tokens == full[0].tokens[:3] and not got[0].finished

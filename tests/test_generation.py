@@ -6,6 +6,7 @@ from fms.utils.generation import pad_input_ids
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from granite_fms.audio.features import AudioFeatures
+from granite_fms.inference.compile import CompileConfig
 from granite_fms.inference.generation import BucketPolicy, Generator
 from granite_fms.pipeline import SpeechPipeline
 from helpers import fms_generate, rel_err
@@ -58,6 +59,8 @@ def test_bucket_policy():
     assert [policy.rows(n) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 4, 8]
     assert policy.tokens(65) == 128 and policy.tokens(513) == 1024
     assert policy.cache_len(128, 200) == 512
+    with pytest.raises(ValueError, match="audio_rows must be positive"):
+        BucketPolicy(audio_rows=0)
     with pytest.raises(ValueError, match="increasing"):
         BucketPolicy(audio_frames=(400, 200))
 
@@ -67,7 +70,9 @@ def test_three_graphs_and_fms_tokens_for_a_mixed_batch(pair_33, strict_dynamo):
     _, fm = pair_33
     ids, feats = _request(fm, [61, 23, 45], [2, 0, 5])
     cnt = CompileCounterWithBackend("eager")
-    out = _tokens(Generator(fm, backend=cnt).generate(ids, feats, max_new_tokens=6))
+    out = _tokens(
+        Generator(fm, compile=CompileConfig(backend=cnt)).generate(ids, feats, max_new_tokens=6)
+    )
     assert cnt.frame_count == 3
     for i, row in enumerate(ids):
         n = int(feats.input_features_mask[i].sum())
@@ -81,7 +86,7 @@ def test_bucketing_changes_no_output(pair_33):
     """Prefill logits of a padded bucket equal the unpadded forward (fp32 rounding only)."""
     _, fm = pair_33
     ids, feats = _request(fm, [61], [3])
-    gen = Generator(fm, STATIC_AUDIO, compile=False)
+    gen = Generator(fm, STATIC_AUDIO)
     p = gen.prepare(ids, feats, max_new_tokens=4)
     assert p.input_ids.shape[1] == 64 and p.features.shape[1] == 200
     with torch.no_grad():
@@ -92,57 +97,65 @@ def test_bucketing_changes_no_output(pair_33):
     assert rel_err(ref, got) < 1e-5
 
 
-@pytest.mark.parametrize("policy", [BucketPolicy(), STATIC_AUDIO], ids=["symbolic", "static"])
-def test_recompiles_bounded_over_lengths_prompts_and_batches(pair_33, strict_dynamo, policy):
-    """9 audio lengths (0.5-30 s), varying prompts, batch 1-4: graphs = buckets hit (symbolic
-    audio: at most 4 audio graphs per batch bucket), then none, also for new lengths."""
+def _sweep_request(fm, seconds: float, rows: int, suffix: int):
+    """`rows` clips, the longest `seconds` long, the others shorter; prompts of varied length."""
+    frames = [max(16, round(seconds * 50) - 7 * j) for j in range(rows)]
+    return _request(fm, frames, [(suffix + 3 * j) % 110 for j in range(rows)])
+
+
+# (seconds of the longest clip, clips, prompt suffix tokens, beams): audio 0.36-30 s (one
+# encoder block of the tiny encoder is 20 frames, 0.4 s), batch 1-32, every prompt bucket.
+WIDE_SWEEP = [(0.36, 1, 2, 1), (0.5, 1, 40, 4), (1.3, 2, 30, 4), (2.9, 3, 70, 1), (4.7, 5, 5, 1),
+              (7.5, 8, 100, 1), (11, 13, 30, 1), (17, 1, 90, 4), (4.7, 32, 3, 1),
+              (30, 2, 14, 2)]  # fmt: skip
+NEW_SIZES = [(0.38, 1, 7, 1), (3.3, 6, 60, 1), (9.1, 20, 11, 1), (28, 3, 25, 3)]
+
+
+@pytest.mark.parametrize("regional", [False, True], ids=["whole", "regional"])
+def test_one_graph_per_region_whatever_the_batch_and_prompt(ckpt_33, strict_dynamo, regional):
+    """Symbolic shapes: over audio 0.36-30 s, batch 1-32, every prompt bucket, greedy and beam
+    search, the four regions compile a fixed set of 6 graphs (the audio path: one clip within
+    one encoder block, one clip over several, several clips; regional: as many graphs of the
+    blocks); new batch sizes, lengths and text-only requests then compile nothing."""
+    import granite_fms
+
+    fm = granite_fms.load_model(ckpt_33)  # its own copy: regional compiles blocks in place
+    gen = Generator(fm, compile=CompileConfig(backend="aot_eager", regional=regional))
+    prompts = set()
+    for seconds, rows, suffix, beams in WIDE_SWEEP:
+        ids, feats = _sweep_request(fm, seconds, rows, suffix)
+        gen.generate(ids, feats, max_new_tokens=3, num_beams=beams)
+        prompts.add(gen.policy.tokens(max(len(r) for r in ids)))
+    assert prompts == set(gen.policy.prompt_tokens)  # every prompt bucket
+    assert gen.compiles == {"encode": 3, "prefill": 1, "decode": 1, "reorder": 1}
+    for seconds, rows, suffix, beams in NEW_SIZES:
+        ids, feats = _sweep_request(fm, seconds, rows, suffix)
+        gen.generate(ids, feats, max_new_tokens=5, num_beams=beams)
+    gen.generate([torch.tensor([1, 5, 6, 7]), torch.tensor([1, 9])], max_new_tokens=3)
+    assert sum(gen.compiles.values()) == 6
+
+
+def test_static_shapes_compile_a_graph_per_bucket(pair_33, strict_dynamo):
+    """`symbolic=False` with static audio buckets: exactly a graph per bucket hit (audio x
+    batch, prompt x batch x cache, batch x cache), then none for the same buckets."""
     _, fm = pair_33
-    symbolic = policy.audio_frames is None
+    policy = STATIC_AUDIO
     seconds = [0.5, 1.3, 2.9, 4.7, 7.5, 11, 17, 23, 30]
-    sweep = []
-    for i, s in enumerate(seconds):
-        batch = i % 4 + 1
-        frames = [max(2, int(s * 50) - 7 * j) for j in range(batch)]
-        sweep.append(_request(fm, frames, [(i + j) % 5 for j in range(batch)]))
-    sweep.append(_request(fm, [400, 12], [0, 1]))  # whole blocks (and 2 rows in one block)
-    sweep.append(_request(fm, [12], [0]))  # one block
-    text_only = [torch.tensor([1, 5, 6, 7]), torch.tensor([1, 9])]
-    cnt = CompileCounterWithBackend("eager")
-    gen = Generator(fm, policy, backend=cnt)
-    expected, batches = set(), set()
-    new = 3
+    sweep = [_sweep_request(fm, s, i % 4 + 1, i % 5) for i, s in enumerate(seconds)]
+    gen = Generator(fm, policy, compile=CompileConfig(backend="aot_eager", symbolic=False))
+    expected, new = set(), 3
     for ids, feats in sweep:
         gen.generate(ids, feats, max_new_tokens=new)
         rows = policy.rows(len(ids))
         seq = policy.tokens(max(len(r) for r in ids))
         cache = policy.cache_len(seq, new)
-        batches.add(rows)
         expected |= {("prefill", rows, seq, cache), ("decode", rows, cache)}
-        if not symbolic:
-            expected.add(("encode", policy.frames(feats.input_features.shape[1]), rows))
-    audio_graphs = cnt.frame_count - len(expected)
-    if symbolic:  # a few specialisations per batch bucket, whatever the lengths
-        assert len(batches) <= audio_graphs <= 4 * len(batches)
-    else:
-        assert audio_graphs == 0
-    # The documented bound for 0-30 s, batch <= 4 and one max_new_tokens: 4 audio buckets (or
-    # symbolic cases) x 3 batch buckets for the audio path (the merge is outside it, so
-    # prompt buckets do not multiply it), 4 prompt x 3 batch for prefill, 2 cache lengths x 3
-    # batch for decode.
-    assert cnt.frame_count <= 4 * 3 + 4 * 3 + 2 * 3
-    before = cnt.frame_count
-    for ids, feats in sweep:  # every shape again: nothing new
+        expected.add(("encode", policy.frames(feats.input_features.shape[1]), rows))
+    graphs = sum(gen.compiles.values())
+    assert graphs == len(expected)
+    for ids, feats in sweep:  # every bucket again: nothing new
         gen.generate(ids, feats, max_new_tokens=new)
-    assert cnt.frame_count == before
-    if symbolic:  # new lengths (3 frames longer, same cases) compile nothing either
-        for frames, rows in ((148, 4), (238, 4), (378, 1), (553, 2), (1503, 1)):
-            ids, feats = _request(fm, [frames] * rows, [0] * rows)
-            gen.generate(ids, feats, max_new_tokens=new)
-        assert cnt.frame_count == before
-    gen.generate(text_only, max_new_tokens=new)  # text only: prefill and decode, no audio path
-    cache = policy.cache_len(64, new)
-    expected |= {("prefill", 2, 64, cache), ("decode", 2, cache)}
-    assert cnt.frame_count == len(expected) + audio_graphs
+    assert sum(gen.compiles.values()) == graphs
 
 
 def test_adapter_switch_reuses_graphs(pair_33, strict_dynamo):
@@ -151,7 +164,7 @@ def test_adapter_switch_reuses_graphs(pair_33, strict_dynamo):
     ids, feats = _request(fm, [40], [3])
     text = [torch.tensor([1, 5] + [6] * 10 + [7])]  # same prompt bucket as the speech request
     cnt = CompileCounterWithBackend("eager")
-    gen = Generator(fm, backend=cnt)
+    gen = Generator(fm, compile=CompileConfig(backend=cnt))
     speech = gen.generate(ids, feats, max_new_tokens=4)
     assert fm.adapter_active
     text_out = gen.generate(text, max_new_tokens=4)
@@ -166,8 +179,8 @@ def test_long_audio_takes_a_larger_bucket_not_truncated(pair_33):
     kept; with symbolic audio it stays 1750 frames."""
     _, fm = pair_33
     ids, feats = _request(fm, [1750], [1])
-    assert Generator(fm, compile=False).prepare(ids, feats, 4).features.shape[1] == 1750
-    gen = Generator(fm, STATIC_AUDIO, compile=False)
+    assert Generator(fm).prepare(ids, feats, 4).features.shape[1] == 1750
+    gen = Generator(fm, STATIC_AUDIO)
     p = gen.prepare(ids, feats, max_new_tokens=4)
     assert p.features.shape[1] == 3200
     assert int((p.input_ids == fm.config.audio_token_index).sum()) == 351
@@ -180,8 +193,8 @@ def test_inductor_generation_matches_eager(pair_33):
     _, fm = pair_33
     torch._dynamo.reset()
     ids, feats = _request(fm, [45, 30], [2, 4])
-    eager = Generator(fm, compile=False)
-    compiled = Generator(fm)
+    eager = Generator(fm)
+    compiled = Generator(fm, compile=CompileConfig())
     assert compiled.generate(ids, feats, max_new_tokens=5) == eager.generate(
         ids, feats, max_new_tokens=5
     )
@@ -223,7 +236,7 @@ def test_bad_requests_raise(pair_33, make, match):
     _, fm = pair_33
     ids, feats = make(fm)
     with pytest.raises(ValueError, match=match):
-        Generator(fm, compile=False).generate(ids, feats, max_new_tokens=2)
+        Generator(fm).generate(ids, feats, max_new_tokens=2)
 
 
 def test_recompile_limit_is_scoped_not_global(pair_33, strict_dynamo):
@@ -231,13 +244,13 @@ def test_recompile_limit_is_scoped_not_global(pair_33, strict_dynamo):
     _, fm = pair_33
     before = torch._dynamo.config.recompile_limit
     ids, feats = _request(fm, [40], [3])
-    Generator(fm, backend="eager").generate(ids, feats, max_new_tokens=3)
+    Generator(fm, compile=CompileConfig(backend="eager")).generate(ids, feats, max_new_tokens=3)
     assert torch._dynamo.config.recompile_limit == before
 
 
 def test_static_caches_are_bounded(pair_33):
     _, fm = pair_33
-    gen = Generator(fm, compile=False, max_caches=2)
+    gen = Generator(fm, max_caches=2)
     for rows in (1, 2, 3, 5):  # batch buckets 1, 2, 4, 8: four caches asked for
         ids, feats = _request(fm, [30] * rows, [1] * rows)
         gen.generate(ids, feats, max_new_tokens=2)
@@ -252,13 +265,14 @@ def test_static_caches_are_bounded(pair_33):
 def test_warmup_compiles_what_requests_then_use(pair_33, strict_dynamo, policy, frames):
     _, fm = pair_33
     cnt = CompileCounterWithBackend("eager")
-    gen = Generator(fm, policy, backend=cnt)
-    gen.warmup(frames, batch=(1, 2), text_tokens=5, max_new_tokens=6, progress=False)
+    gen = Generator(fm, policy, compile=CompileConfig(backend=cnt))
+    gen.warmup(frames, (1, 2), text_tokens=5, max_new_tokens=6, num_beams=(1, 2), progress=False)
     warmed = cnt.frame_count
-    assert warmed >= 4  # an audio graph per (audio, batch) bucket, plus prefill and decode
-    for frames, rows in ((150, 1), (380, 2), (13, 1), (40, 2)):
+    assert warmed == sum(gen.compiles.values()) >= 5  # audio graphs, prefill, decode, reorder
+    assert len(gen.warmed_up) == 2 * 2 * len(frames or [0, 0])
+    for frames, rows, beams in ((150, 1, 1), (380, 2, 2), (18, 1, 1), (40, 2, 1)):
         ids, feats = _request(fm, [frames] * rows, [3] * rows)
-        gen.generate(ids, feats, max_new_tokens=6)
+        gen.generate(ids, feats, max_new_tokens=6, num_beams=beams)
     assert cnt.frame_count == warmed
 
 
@@ -270,24 +284,27 @@ def test_regional_compilation_one_graph_for_all_layers(ckpt_33):
     fm = granite_fms.load_model(ckpt_33)  # its own copy: compiling blocks changes the model
     torch._dynamo.reset()
     ids, feats = _request(fm, [45, 30], [2, 4])
-    eager = _tokens(Generator(fm, compile=False).generate(ids, feats, max_new_tokens=5))
+    eager = _tokens(Generator(fm).generate(ids, feats, max_new_tokens=5))
     cnt = CompileCounterWithBackend("eager")
-    regional = Generator(fm, backend=cnt, regional=True)
+    regional = Generator(fm, compile=CompileConfig(backend=cnt, regional=True))
     assert _tokens(regional.generate(ids, feats, max_new_tokens=5)) == eager
-    # 2 encoder blocks: one graph; 2 decoder layers: one graph each for prefill and decode
+    # 2 encoder blocks: one graph; 2 decoder layers: one graph (prefill); the decode step is
+    # one graph of its own, every layer inlined (one CUDA graph on a GPU)
     assert cnt.frame_count == 3
+    assert regional.compiles == {"encode": 1, "prefill": 1, "decode": 1, "reorder": 0}
     torch._dynamo.reset()
 
 
 def test_regional_compilation_past_the_default_recompile_limit(ckpt_33, strict_dynamo):
-    """The decoder layers' graphs (a prefill shape per prompt and batch bucket, a decode shape
-    per cache and batch bucket) pass Dynamo's default limit of 8: the Generator's raised
-    limit covers the regional blocks too, or the ninth shape would raise."""
+    """With static shapes the decoder layers' graphs (a prefill shape per prompt and batch
+    bucket) pass Dynamo's default limit of 8: the Generator's raised limit covers the
+    regional blocks too, or the ninth shape would raise."""
     import granite_fms
 
     fm = granite_fms.load_model(ckpt_33)  # its own copy: compiling blocks changes the model
     cnt = CompileCounterWithBackend("eager")
-    gen = Generator(fm, backend=cnt, regional=True)
+    config = CompileConfig(backend=cnt, regional=True, symbolic=False)
+    gen = Generator(fm, compile=config)
     for rows in (1, 2, 3):
         for length in (10, 100, 200):  # prompt buckets 64, 128, 256
             gen.generate([torch.arange(1, length + 1) % 100 + 1] * rows, max_new_tokens=2)

@@ -14,6 +14,7 @@ from fms.models import get_model
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from granite_fms import ARCHITECTURE
+from granite_fms.inference.compile import CompileConfig
 from granite_fms.inference.generation import Generator
 from granite_fms.inference.quantize import quantize_llm
 from helpers import rel_err
@@ -43,10 +44,10 @@ def test_int8_logits_and_greedy_agreement(tiny_pair):
 def test_int8_generator_compiles_fullgraph(tiny_pair):
     _, q = tiny_pair
     ids = [torch.randint(1, 49000, (20,), generator=torch.Generator().manual_seed(2))]
-    eager = Generator(q, compile=False).generate(ids, max_new_tokens=4)
+    eager = Generator(q).generate(ids, max_new_tokens=4)
     torch._dynamo.reset()
     cnt = CompileCounterWithBackend("aot_eager")
-    assert Generator(q, backend=cnt).generate(ids, max_new_tokens=4) == eager
+    assert Generator(q, compile=CompileConfig(backend=cnt)).generate(ids, max_new_tokens=4) == eager
     assert cnt.frame_count == 2  # prefill and decode (text only: no audio graph)
     torch._dynamo.reset()
 

@@ -122,13 +122,14 @@ def test_generated_tokens_identical(ranks, single, style):
 @pytest.mark.parametrize("style", STYLES)
 def test_compiled_graphs_hold_the_all_reduces(ranks, single, style):
     """fullgraph=True traced FMS's functional all-reduce: two per decoder block in the LLM
-    graphs (attention and MLP), none in the replicated audio path."""
+    graphs (attention and MLP), none in the replicated audio path nor in beam search's cache
+    reorder (a gather of each rank's own heads)."""
     model, _ = single[style]
     per_llm_graph = 2 * model.config.text_config.nlayers
     for res in ranks:
         counts = res[style]["graph_all_reduces"]
-        assert counts.count(0) == 1  # the audio path (encoder, projector, merge)
-        assert counts.count(per_llm_graph) == len(counts) - 1 >= 2  # prefill and decode
+        assert counts.count(0) == 2  # the audio path (encoder, projector), the reorder
+        assert counts.count(per_llm_graph) == len(counts) - 2 >= 2  # prefill and decode
 
 
 def test_lora_b_split_like_the_fused_qkv_rows(ranks, single):

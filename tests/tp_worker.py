@@ -18,6 +18,7 @@ from transformers import AutoConfig
 import granite_fms
 from granite_fms.app.ranks import init_distributed
 from granite_fms.audio.features import AudioFeatures
+from granite_fms.inference.compile import CompileConfig
 from granite_fms.inference.generation import BucketPolicy, Generator
 from granite_fms.models.granite_speech import GraniteSpeech
 from granite_fms.models.tp import parameter_counts
@@ -76,14 +77,14 @@ def run_checks(model: GraniteSpeech, compile: bool) -> dict[str, Any]:
     out["tokens_fms_audio"] = fms_generate(model, one, clip, None, new=NEW_TOKENS).tolist()
     out["tokens_fms_text"] = fms_generate(model, text, new=NEW_TOKENS).tolist()
     wave = 0.1 * torch.randn(8000, generator=torch.Generator().manual_seed(8))
-    pipe = SpeechPipeline(model, generator=Generator(model, POLICY, compile=False))
+    pipe = SpeechPipeline(model, generator=Generator(model, POLICY))
     out["tokens_pipeline"] = pipe.generate_ids(
         wave, prompt_ids=[1, 5, model.config.audio_token_index, 7], max_new_tokens=NEW_TOKENS
     )
 
     all_reduces: list[int] = []
-    backend = counting_backend(all_reduces) if compile else "eager"
-    gen = Generator(model, POLICY, compile=compile, backend=backend)
+    backend = counting_backend(all_reduces)
+    gen = Generator(model, POLICY, compile=CompileConfig(backend=backend) if compile else None)
     for key, request in {
         "audio": dict(input_ids=ids, features=feats),
         "text": dict(input_ids=[text[0]]),

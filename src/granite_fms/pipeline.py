@@ -9,6 +9,7 @@
     pipe.generate(prompt="What is 2 + 2?")     # text only: the LoRA adapter is off
     pipe.generate_ids(clip, prompt_ids=ids)    # token ids in and out, no tokenizer needed
     pipe.compile()                             # or from_pretrained(..., compile=True)
+    pipe.save_compiled("granite.compiled")     # after warmup(); later: compile(cache=...)
 
 Every request is a batch: one clip or a list in, a list out. `transcribe` and `translate` take
 audio of any length: clips longer than `chunk_length` are cut into windows
@@ -23,7 +24,7 @@ Templated prompts carry the pinned system turn of the checkpoint family's preset
 """
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -38,8 +39,10 @@ from granite_fms.checks import token_ids
 from granite_fms.hf.config import read_eos_token_ids
 from granite_fms.hf.granite_speech5 import is_granite_speech5
 from granite_fms.hf.loader import load_model
+from granite_fms.inference.compile import CompileConfig, load_artifact, save_artifact
 from granite_fms.inference.generation import BucketPolicy, Generation, Generator
 from granite_fms.inference.options import GenerationOptions, with_changes
+from granite_fms.inference.quantize import is_quantized, quantize_llm
 from granite_fms.models.granite_speech import GraniteSpeech
 from granite_fms.pipeline5 import CTCPipeline
 
@@ -66,7 +69,7 @@ class SpeechPipeline:
 
     def __post_init__(self):
         if self.generator is None:
-            self.generator = Generator(self.model, compile=False)
+            self.generator = Generator(self.model)
         if self.prompts is None:
             self.prompts = preset_for(self.audio_token_id)
         if self.tokenizer is not None:
@@ -82,14 +85,14 @@ class SpeechPipeline:
         *,
         dtype: torch.dtype | None = None,
         device: str | torch.device = "cpu",
-        compile: bool = False,
+        compile: bool | CompileConfig = False,
         distributed_strategy: str | None = None,
     ) -> "SpeechPipeline | CTCPipeline":
         """Model and processor from a local Hugging Face checkpoint directory.
 
         The tokenizer is loaded if the directory has tokenizer files (the released ones do).
         EOS ids: those of `generation_config.json` (all of them), else the tokenizer's.
-        `compile=True` is `compile()` with its defaults. `distributed_strategy="tp"` shards the
+        `compile`: True or a `CompileConfig`, as `compile()`. `distributed_strategy="tp"` shards the
         LLM over the ranks of a torchrun job (`load_model`); every rank runs the same requests.
         A Granite Speech 5.0 checkpoint (a CTC model) gives a `CTCPipeline` instead.
         """
@@ -107,28 +110,57 @@ class SpeechPipeline:
         )
         processor = GraniteSpeechProcessor.from_pretrained(model_dir)
         pipe = cls(model, processor, eos_token_id=read_eos_token_ids(model_dir))
-        return pipe.compile() if compile else pipe
+        if compile is False:
+            return pipe
+        return pipe.compile(None if compile is True else compile)
 
     def compile(
         self,
+        config: CompileConfig | None = None,
+        /,
         *,
-        mode: str | None = None,
-        backend: str | Callable = "inductor",
         policy: BucketPolicy | None = None,
-        regional: bool = False,
-        cache_dir: str | Path | None = None,
+        **options,
     ) -> "SpeechPipeline":
         """Generate through compiled graphs from now on (the recommended way to serve).
 
-        Each new bucket compiles on its first request (see `BucketPolicy`), or all at once
-        with `warmup()`; `mode` defaults to "reduce-overhead" (CUDA graphs for the decode step)
-        on a GPU and None on CPU. `regional` and `cache_dir` (a compile cache that a later
-        process starts warm from): see `Generator`.
+        config: a `CompileConfig`, or its fields as keywords (`backend`, `mode`, `symbolic`,
+            `regional`, `cache`, `quantize`); the default is Inductor with symbolic shapes.
+        policy: the bucket policy (default: the current generator's).
+        The graphs compile on the first requests that need them, or now with `warmup()`;
+        `cache` loads an artifact of `save_compiled` first, so they load instead.
         """
-        self.generator = Generator(
-            self.model, policy, backend=backend, mode=mode, regional=regional, cache_dir=cache_dir
-        )
+        if config is not None and options:
+            raise TypeError("pass a CompileConfig or its fields as keywords, not both")
+        config = config or CompileConfig(**options)
+        if config.quantize is not None and not is_quantized(self.model):
+            self.quantize(config.quantize)
+        if config.cache is not None:
+            load_artifact(config.cache, self.model, config, self.device)
+        self.generator = Generator(self.model, policy or self.generator.policy, compile=config)
         return self
+
+    def eager(self) -> "SpeechPipeline":
+        """Generate without compiling from now on (the default)."""
+        self.generator = Generator(self.model, self.generator.policy)
+        return self
+
+    def quantize(self, scheme: str = "int8") -> "SpeechPipeline":
+        """Quantise the LLM's linear weights in place (`granite_fms.inference.quantize`)."""
+        quantize_llm(self.model, scheme)
+        return self
+
+    def save_compiled(self, path: str | Path) -> Path:
+        """Write the graphs compiled in this process (compile, then `warmup()`) as one file
+        that `compile(cache=path)` loads in another process with the same torch, triton and
+        device; returns its path."""
+        config = self.generator.config
+        if config is None:
+            raise ValueError("nothing compiled: call compile() and warmup() first")
+        gen = self.generator
+        return save_artifact(
+            path, self.model, config, self.device, shapes=gen.warmed_up, since=gen.created
+        )
 
     def warmup(
         self,
@@ -136,12 +168,13 @@ class SpeechPipeline:
         batch_sizes: Sequence[int] = (1,),
         *,
         max_new_tokens: int = 200,
-        num_beams: int = 1,
+        num_beams: Sequence[int] = (1,),
         progress: bool = True,
     ) -> "SpeechPipeline":
         """Compile the graphs that transcription requests of these lengths (default: those of
-        `Generator.warmup`) and batch sizes will use, with a progress bar, before the first
-        request. The prompt's text length is the preset's transcription prompt's."""
+        `Generator.warmup`), batch sizes and beam counts will use, with a progress bar,
+        before the first request. The prompt's text length is the preset's transcription
+        prompt's."""
         user = self.prompts.user_turn(audio_token=self.audio_token)
         text = self._text_tokens(user) if self.tokenizer is not None else len(user.split())
         frames = None

@@ -8,6 +8,7 @@
     granite-fms transcribe clips/ --variant tiny    # the built-in default: random weights
     granite-fms transcribe clips/ --variant tiny-ctc    # the same for Granite Speech 5.0 (CTC)
     granite-fms serve --model_path CKPT --compile   # OpenAI-compatible server on :8000
+    granite-fms compile --model_path CKPT --output granite.compiled   # then --compile_cache
 
 This module is the command's front door: it parses the command line with the standard library
 only, so `--help`, `--version` and argument errors answer at once, and then hands the parsed
@@ -70,12 +71,12 @@ def _model_flags(compile_switch: bool) -> argparse.ArgumentParser:
     group.add_argument("--distributed", action="store_true", help="tensor parallel under torchrun (FMS's TensorParallelStrategy): every rank holds a shard of the LLM and all ranks run the same batches; without it, torchrun's ranks each hold a whole model and share out the clips")
     group = flags.add_argument_group("compile")
     if compile_switch:
-        group.add_argument("--compile", action="store_true", help="generate through compiled graphs (SpeechPipeline.compile: bucketed shapes, a static KV cache); each new bucket compiles on its first batch")
+        group.add_argument("--compile", action="store_true", help="generate through compiled graphs (SpeechPipeline.compile: symbolic shapes, a static KV cache); each graph compiles on the first batch that needs it, logged")
     else:
         group.add_argument("--compile", nargs=0, action=_NotForEval, help=argparse.SUPPRESS)
     group.add_argument("--compile_mode", help="torch.compile mode of the decode step (default: reduce-overhead on CUDA, else none)")
     group.add_argument("--compile_backend", default="inductor", help="torch.compile backend (default inductor; aot_eager or eager to debug the graphs)")
-    group.add_argument("--compile_cache", metavar="DIR", help="root of Inductor's on-disk compile caches: a later run that compiles the same graphs loads them (a warm start)")
+    group.add_argument("--compile_cache", metavar="FILE", help="an artifact of `granite-fms compile` to start warm from (implies --compile; made with another torch, triton or device: a warning, then a compile)")
     return flags
 
 
@@ -109,7 +110,8 @@ def _output_flags() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="granite-fms",
-        description="Granite Speech on IBM's Foundation Model Stack: transcribe, translate, eval.",
+        description="Granite Speech on IBM's Foundation Model Stack: transcribe, translate, eval, "
+        "serve, compile.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -117,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _translate(commands)
     _eval(commands)
     _serve(commands)
+    _compile(commands)
     return parser
 
 
@@ -193,6 +196,26 @@ def _serve(commands) -> None:
     serve.add_argument("--max_file_mb", type=float, default=25.0, help="largest upload, else 413 (default 25)")
     serve.add_argument("--max_audio_s", type=float, default=600.0, help="longest audio, else 413 (default 600)")
     serve.add_argument("--max_queue", type=_positive_int, default=64, help="queue, else 503 (default 64)")
+    # fmt: on
+
+
+def _compile(commands) -> None:
+    compile_ = _command(
+        commands,
+        "compile",
+        parents=[_model_flags(True)],
+        help="compile once and save the result for --compile_cache",
+        description="Compile the graphs that requests of these sizes use (a progress bar, a log "
+        "line per graph) and save them as one file; --compile_cache FILE (or "
+        "SpeechPipeline.compile(cache=FILE)) loads it in any later process with the same torch, "
+        "triton and device.",
+    )
+    # fmt: off
+    compile_.add_argument("--output", required=True, metavar="FILE", help="the artifact to write")
+    compile_.add_argument("--batch_sizes", nargs="+", type=_positive_int, default=[1, BATCH_SIZE], help=f"batch sizes to compile for (default: 1 {BATCH_SIZE})")
+    compile_.add_argument("--audio_seconds", nargs="+", type=float, help="clip lengths to compile for (default: one within an encoder block and one over several)")
+    compile_.add_argument("--num_beams", nargs="+", type=_positive_int, default=[1], help="beam widths to compile for (default: 1)")
+    compile_.add_argument("--max_new_tokens", type=_positive_int, default=200, help="the budget whose cache length to compile for (default 200)")
     # fmt: on
 
 

@@ -29,8 +29,8 @@ from granite_fms.audio.longform import LongFormOptions
 from granite_fms.audio.prompts import PromptPreset
 from granite_fms.hf.config import read_eos_token_ids
 from granite_fms.hf.granite_speech5 import is_granite_speech5
+from granite_fms.inference.compile import CompileConfig
 from granite_fms.inference.ctc import CTCDecoder
-from granite_fms.inference.generation import Generator
 from granite_fms.inference.options import GenerationOptions
 from granite_fms.pipeline import SpeechPipeline
 from granite_fms.pipeline5 import CTCPipeline, CTCProcessor
@@ -304,21 +304,36 @@ def load_pipeline(args: argparse.Namespace, device: str) -> SpeechPipeline | CTC
     if args.quantize and isinstance(pipe, CTCPipeline):
         raise UsageError("--quantize int8 is for the LLM of Granite Speech 3.x/4.x")
     if args.quantize:
-        pipe.generator = Generator(pipe.model, compile=False, quantize=args.quantize)
-    if getattr(args, "compile", False):
+        pipe.quantize(args.quantize)
+    if getattr(args, "compile", False) or args.compile_cache:
         _compile(pipe, args)
     return pipe
 
 
 def _compile(pipe: SpeechPipeline | CTCPipeline, args: argparse.Namespace) -> None:
-    pipe.compile(mode=args.compile_mode, backend=args.compile_backend, cache_dir=args.compile_cache)
+    """The compile flags as one `CompileConfig`; --compile_cache loads an artifact."""
+    config = CompileConfig(
+        backend=args.compile_backend,
+        mode=args.compile_mode,
+        cache=args.compile_cache,
+        quantize=args.quantize,
+    )
+    if isinstance(pipe, CTCPipeline):
+        if config.cache is not None:
+            raise UsageError("--compile_cache holds Granite Speech 3.x/4.x graphs, not 5.0's")
+        pipe.compile(mode=config.mode, backend=config.backend)
+        return
+    try:
+        pipe.compile(config)
+    except (ValueError, OSError) as e:
+        raise UsageError(f"--compile_cache: {e}") from e
 
 
 def _eager(pipe: SpeechPipeline | CTCPipeline) -> None:
     if isinstance(pipe, CTCPipeline):
         pipe.decoder = CTCDecoder(pipe.model)
     else:
-        pipe.generator = Generator(pipe.model, compile=False)
+        pipe.eager()
 
 
 def _check_context(pipe: SpeechPipeline | CTCPipeline, request: Request) -> None:
@@ -599,7 +614,37 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"transcribe": transcribe, "translate": transcribe, "eval": evaluate, "serve": serve}
+def compile_artifact(args: argparse.Namespace) -> int:
+    """`compile`: compile what requests of these sizes use (logged, under a progress bar) and
+    save it as one artifact for --compile_cache."""
+    args.compile = True
+    _check_model(args)
+    if _is_granite_speech5(args):
+        raise UsageError("compile saves Granite Speech 3.x/4.x graphs; 5.0 compiles on its own")
+    checks.writable_file(args.output, "--output")
+    pipe = load_pipeline(args, Ranks.local_device(args.device_type))
+    pipe.warmup(
+        args.audio_seconds,
+        args.batch_sizes,
+        max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams,
+    )
+    try:
+        path = pipe.save_compiled(args.output)
+    except (ValueError, RuntimeError, OSError) as e:
+        raise UsageError(f"--output {args.output}: {e}") from e
+    graphs = sum(pipe.generator.compiles.values())
+    print(f"granite-fms: {graphs} graphs compiled, saved in {path}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {
+    "transcribe": transcribe,
+    "translate": transcribe,
+    "eval": evaluate,
+    "serve": serve,
+    "compile": compile_artifact,
+}
 INTERRUPTED = {"eval": "; eval does not resume: no report was written"}
 
 __all__ = ["COMMANDS", "load_pipeline", "run"]

@@ -1,52 +1,56 @@
-"""Generation, greedy or beam search: bucketed shapes, a static KV cache, three graphs per bucket.
+"""Generation, greedy or beam search: bucketed shapes, a static KV cache, four compiled steps.
 
-    gen = Generator(model)                      # torch.compile(fullgraph=True) by default
+    gen = Generator(model, compile=CompileConfig())   # None (default): eager
     gen.generate([ids_with_placeholder], features, GenerationOptions(max_new_tokens=128))
 
-Three compiled regions, each one graph with no breaks:
+Four steps, each one graph with no breaks when compiled (`granite_fms.inference.compile`):
 
-* `encode`: encoder and projector (`GraniteSpeech.audio_embeddings`), by default one graph
-  with a symbolic frame count per batch bucket (a few more where a length specialises it:
-  one or two encoder blocks, whole blocks), or a graph per (audio, batch) bucket with
-  static audio buckets; the merge into the prompt's embeddings runs eagerly after it (a few
-  small ops with no host sync);
+* `encode`: encoder and projector (`GraniteSpeech.audio_embeddings`), on at most
+  `BucketPolicy.audio_rows` clips at a time; the merge into the prompt's embeddings runs
+  eagerly after it (a few small ops with no host sync);
 * `prefill`: the LLM over the prompt embeddings, writing a preallocated KV cache;
-* `decode`: one token for every row, reading and writing the same cache in place.
+* `decode`: one token for every row, reading and writing the same cache in place;
+* `reorder`: beam search's gather of the cache rows its beams continue.
 
-Shapes come from a `BucketPolicy`, not from the request (the audio's frame count is a
-symbolic size instead), so a stream of requests of any audio length, prompt length and batch
-size compiles a small, known number of graphs. Padding never changes a result: padded frames
-are masked in the encoder (frame mask), padded prompt slots and padded batch rows are masked
-in the LLM (`key_valid`), so bucketing only costs compute.
+Shapes come from a `BucketPolicy`: prompts, batch rows and the cache are padded to buckets.
+With symbolic shapes (the default `CompileConfig`) the rows, prompt length, cache length and
+frame count are symbolic sizes, so every bucket runs the same graphs, whatever the audio
+length, batch size, prompt length and search: one per step, and three for the audio path (a
+lone clip within one encoder block, a lone clip over several, several clips; counted by
+`tests/test_generation.py` and `experiments/census_generator.py`). With static shapes each
+bucket compiles its own. Padding never changes a result:
+padded frames are masked in the encoder (frame mask), padded prompt slots and padded batch
+rows are masked in the LLM (`key_valid`), so bucketing only costs compute.
 
 The cache is static (gpt-fast style): per layer a (B, kvheads, L, head_dim) key and value tensor,
 written with `index_copy_` at `cache_position`, attended over its whole length with a mask. The
 decode step therefore has the same shapes at every step, which is what CUDA graphs
-(`mode="reduce-overhead"`) need; FMS's default cache grows by `torch.cat` and changes shape
-every step.
+(`mode="reduce-overhead"`, one capture per rows and cache-length bucket) need; FMS's default
+cache grows by `torch.cat` and changes shape every step.
 
 Feature extraction (decoding files, resampling, the mel spectrogram) stays outside the graphs:
 it runs once per clip on the host, its input length is the raw audio's, and its output is
 what the buckets pad.
 """
 
-import os
+import functools
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from fms.modules.attention import register_attention_op
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from granite_fms.audio.features import AudioFeatures
 from granite_fms.audio.processor import check_prompt_ids
 from granite_fms.checks import is_int
+from granite_fms.inference.compile import CompileConfig, Region, compile_blocks
 from granite_fms.inference.options import GenerationOptions, with_changes
-from granite_fms.inference.quantize import quantize_llm
 from granite_fms.models.granite_speech import GraniteSpeech
 
 STATIC_ATTENTION = "granite_fms_static"
@@ -63,13 +67,15 @@ def _round_up(n: int, buckets: Sequence[int]) -> int:
 
 @dataclass(frozen=True)
 class BucketPolicy:
-    """Padded shapes for the compiled graphs.
+    """Padded shapes: what a request is padded to before the compiled steps see it.
+
+    With symbolic shapes the buckets bound the distinct shapes (each a CUDA-graph capture of
+    the decode step on a GPU), not the graphs; with static shapes each is a graph.
 
     audio_frames: None (default): no audio buckets. Features are padded only to the batch's
-        longest clip and the audio graph takes the frame count as a symbolic size: a few
-        graphs per batch bucket for every length (Dynamo specialises on a clip within one
-        encoder block, within two, on whole blocks; 4 at most in the tests), no padding
-        waste. A tuple: static buckets in encoder frames (50 per second of audio), e.g. whole
+        longest clip and the audio graph takes the frame count as a symbolic size (Dynamo
+        still specialises a lone clip within one encoder block), no padding waste. A tuple:
+        static buckets in encoder frames (50 per second of audio), e.g. whole
         200-frame encoder blocks (200, 400, 800, 1600: 4, 8, 16, 32 s), a graph per bucket;
         longer audio takes the next multiple of the largest bucket, never truncated.
         Compared by `experiments.bench_audio_buckets`.
@@ -77,13 +83,17 @@ class BucketPolicy:
         of audio plus the text); beyond the largest, multiples of it.
     batch: rows; a batch is padded with masked rows to the next bucket (beyond: multiples).
     cache_tokens: the static KV cache holds `prompt bucket + max_new_tokens` rounded up to a
-        multiple of this, so a few decode graphs serve all requests.
+        multiple of this, so a few cache lengths serve all requests.
+    audio_rows: clips per call of the audio path (a batch runs in chunks): its cost is per
+        clip, and on CPU a 16th clip makes PyTorch choose the depthwise convolution's kernel
+        again, which a symbolic batch size turns into another graph.
     """
 
     audio_frames: tuple[int, ...] | None = None
     prompt_tokens: tuple[int, ...] = (64, 128, 256, 512)
     batch: tuple[int, ...] = (1, 2, 4)
     cache_tokens: int = 256
+    audio_rows: int = 8
 
     def __post_init__(self):
         for name in ("audio_frames", "prompt_tokens", "batch"):
@@ -95,10 +105,12 @@ class BucketPolicy:
             if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
                 raise ValueError(f"{name} buckets must be increasing positive ints, got {buckets}")
             object.__setattr__(self, name, tuple(buckets))  # frozen, hashable
-        if not is_int(self.cache_tokens):
-            raise TypeError(f"cache_tokens must be an int, got {self.cache_tokens!r}")
-        if self.cache_tokens < 1:
-            raise ValueError(f"cache_tokens must be positive, got {self.cache_tokens}")
+        for name in ("cache_tokens", "audio_rows"):
+            value = getattr(self, name)
+            if not is_int(value):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
 
     def frames(self, n: int) -> int:
         return n if self.audio_frames is None else _round_up(n, self.audio_frames)
@@ -216,19 +228,41 @@ def _decode(
     cache: list,
     cache_position: torch.Tensor,
     key_valid: torch.Tensor,
-    beam_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One step for every row: token_ids (B, 1) -> logits (B, vocab); the cache grows in place.
-
-    beam_rows: beam search's (B,) row each new row continues; the cache is reordered by it
-    first, inside the graph (a gather per layer, as HF's `reorder_cache`).
-    """
-    if beam_rows is not None:
-        for keys, values in cache:
-            keys.copy_(keys.index_select(0, beam_rows))
-            values.copy_(values.index_select(0, beam_rows))
+    """One step for every row: token_ids (B, 1) -> logits (B, vocab); the cache grows in place."""
     embeds = model.language_model.base_model.embedding(token_ids)
     return _prefill(model, embeds, position_ids, cache, cache_position, key_valid)
+
+
+def _reorder(cache: list, rows: torch.Tensor) -> None:
+    """Beam search: LLM row i continues row `rows[i]`; the cache is reordered to match (a
+    gather per layer, as HF's `reorder_cache`). Its own step, so greedy and beam search share
+    the decode graph."""
+    for keys, values in cache:
+        keys.copy_(keys.index_select(0, rows))
+        values.copy_(values.index_select(0, rows))
+
+
+# The symbolic sizes of each step's per-call inputs (`CompileConfig.symbolic`): batch rows,
+# prompt length, cache length, frame count. The cache tensors are marked once, when allocated.
+def _audio_dims(features, frame_mask, dims=(0, 1)):
+    return [(features, dims), (frame_mask, dims)]
+
+
+def _dims(fn: Callable, dims: tuple[int, ...]):
+    return functools.partial(fn, dims=dims) if dims else None
+
+
+def _prefill_dims(embeds, position_ids, cache, cache_position, key_valid):
+    return [(embeds, (0, 1)), (position_ids, (0, 1)), (cache_position, (0,)), (key_valid, (0, 1))]
+
+
+def _decode_dims(token_ids, position_ids, cache, cache_position, key_valid):
+    return [(token_ids, (0,)), (position_ids, (0,)), (key_valid, (0, 1))]
+
+
+def _reorder_dims(cache, rows):
+    return [(rows, (0,))]
 
 
 @dataclass
@@ -270,23 +304,15 @@ class Generation:
 
 
 class Generator:
-    """Greedy or beam-search generation: the audio path (encoder + projector), prefill and
-    decode step each one compiled graph per bucket.
+    """Greedy or beam-search generation through four steps: the audio path (encoder and
+    projector), prefill, the decode step and beam search's cache reorder.
 
-    compile: False runs the same bucketed static-cache loop eagerly (`SpeechPipeline`'s default).
-    backend / mode: passed to `torch.compile`; `mode="reduce-overhead"` captures the decode
-        step in CUDA graphs on a GPU (the default when the model is on CUDA).
-    regional: compile the repeated blocks (each conformer block, each decoder layer) instead of
-        whole regions: one graph serves every layer, so the cold compile is shorter; the code
-        between blocks runs eagerly. PyTorch's regional-compilation recipe compiles the blocks
-        in place (`nn.Module.compile`), so the model's blocks stay compiled afterwards.
-    cache_dir: root of Inductor's on-disk caches (FX graph and AOTAutograd caches) for this
-        process, so a later process that compiles the same graphs loads them instead of
-        generating code (a warm start). Set before the first compile; process-wide.
+    compile: None runs the steps eagerly (`SpeechPipeline`'s default); a `CompileConfig`
+        compiles each as one graph (see `granite_fms.inference.compile`). With symbolic
+        shapes the LLM steps see at least 2 rows (a lone request gets a masked padding row):
+        Dynamo specialises size 1, so one padding row buys one graph for every batch size.
     max_caches: static KV caches kept, one per (rows, length) bucket, least recently used
         dropped first (a dropped one is allocated again when its bucket returns).
-    quantize: "int8" quantises the LLM's linear weights in place first (weight-only, torchao;
-        see `granite_fms.inference.quantize`).
     """
 
     def __init__(
@@ -294,69 +320,73 @@ class Generator:
         model: GraniteSpeech,
         policy: BucketPolicy | None = None,
         *,
-        compile: bool = True,
-        backend: str | Callable = "inductor",
-        mode: str | None = None,
-        regional: bool = False,
-        cache_dir: str | os.PathLike | None = None,
+        compile: CompileConfig | None = None,
         max_caches: int = 8,
-        quantize: str | None = None,
     ):
-        if quantize is not None:
-            quantize_llm(model, quantize)
         self.model = model.eval()
         self.policy = policy or BucketPolicy()
-        if mode is None and self.device.type == "cuda" and backend == "inductor":
-            mode = "reduce-overhead"
-        self.compiled = compile
-        self.mode = mode if compile else None
+        self.config = compile
         self.max_caches = max_caches
         self._caches: OrderedDict[tuple[int, int], list] = OrderedDict()
-        if compile and cache_dir is not None:
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir).resolve())
+        self.warmed_up: list[dict] = []
+        self.created = time.time()  # what an artifact collects was written after this
+        steps = {  # one function (code object) per step: Dynamo caches graphs per code object
+            "encode": model.audio_embeddings,
+            "prefill": lambda *args: _prefill(model, *args),
+            "decode": lambda *args: _decode(model, *args),
+            "reorder": _reorder,
+        }
+        self.regions = {} if compile is None else self._regions(steps, compile)
+        self.encode, self.prefill, self.decode, self.reorder = (
+            self.regions.get(name, step) for name, step in steps.items()
+        )
 
-        # Each region is one code object with a graph per bucket. Dynamo's default
-        # recompile_limit (8) would stop it past 8 buckets: with fullgraph=True that raises
-        # FailOnRecompileLimitHit (it does not fall back to eager). The limit is raised only
-        # while a region runs: the largest region has a graph per (audio, batch) or (prompt,
-        # batch) bucket; the factor 4 leaves room for buckets past the largest ones (longer
-        # audio, more rows), several cache lengths, beam search's decode and other Generators.
-        policy = self.policy
-        symbolic_audio = policy.audio_frames is None
-        audio = 4 if symbolic_audio else len(policy.audio_frames)
-        limit = 4 * audio * len(policy.prompt_tokens) * len(policy.batch)
-        options = dict(fullgraph=True, dynamic=False, backend=backend)
+    def _regions(self, steps: dict[str, Callable], config: CompileConfig) -> dict[str, Region]:
+        """The steps compiled. Dynamo's recompile_limit (8) would stop a region past 8 graphs
+        (with fullgraph=True it raises FailOnRecompileLimitHit): it is raised while a region
+        runs, to 4x the graphs of a static policy's largest region (audio x prompt x batch
+        buckets), which leaves room for longer audio, more rows, cache lengths."""
+        policy, model = self.policy, self.model
+        symbolic_frames = policy.audio_frames is None
+        audio_buckets = 4 if symbolic_frames else len(policy.audio_frames)
+        limit = 4 * audio_buckets * len(policy.prompt_tokens) * len(policy.batch)
+        if config.regional:  # blocks: their sizes symbolic, or static per bucket
+            frames = None if symbolic_frames else False  # automatic dynamic for frames
+            compile_blocks(model.encoder.layers, config, config.symbolic or frames)
+            compile_blocks(model.language_model.base_model.layers, config, config.symbolic)
+        audio = ((0,) if config.symbolic else ()) + ((1,) if symbolic_frames else ())
+        llm = config.symbolic  # the LLM steps' sizes: symbolic or one graph per bucket
+        mode = config.decode_mode(self.device)
+        # A step in CUDA graphs stays one graph: one capture of every layer, not forty.
+        cuda_graphs = mode is not None and "reduce-overhead" in mode
+        common = dict(limit=limit, compiled=not config.regional)
+        return {
+            # The merge stays outside the audio graph: a handful of small ops, and inside it
+            # they would depend on the prompt's length too.
+            "encode": Region(
+                "encode", steps["encode"], config, dims=_dims(_audio_dims, audio), **common
+            ),
+            "prefill": Region(
+                "prefill", steps["prefill"], config, dims=llm and _prefill_dims, **common
+            ),
+            "decode": Region(
+                "decode",
+                steps["decode"],
+                config,
+                dims=llm and _decode_dims,
+                mode=mode,
+                limit=limit,
+                compiled=not config.regional or cuda_graphs,
+            ),
+            "reorder": Region(
+                "reorder", steps["reorder"], config, dims=llm and _reorder_dims, limit=limit
+            ),
+        }
 
-        def region(fn: Callable, region_mode: str | None = None, frames_dim: bool = False):
-            if not compile:
-                return fn
-            # Regional: the region runs eagerly and calls the compiled blocks, whose graphs
-            # (one per shape) need the same limit.
-            graphs = fn if regional else torch.compile(fn, mode=region_mode, **options)
-
-            def run(*args):
-                if frames_dim and symbolic_audio and not regional:  # (B, T, ...): T symbolic
-                    for arg in args:
-                        torch._dynamo.maybe_mark_dynamic(arg, 1)
-                with torch._dynamo.config.patch(recompile_limit=limit):
-                    return graphs(*args)
-
-            return run
-
-        if compile and regional:
-            # Encoder blocks see the audio's frame count: symbolic unless the audio is bucketed.
-            for block in model.encoder.layers:
-                block.compile(
-                    mode=mode, **(options | dict(dynamic=None if symbolic_audio else False))
-                )
-            for block in model.language_model.base_model.layers:
-                block.compile(mode=mode, **options)
-        # The merge stays outside the audio graph: a handful of small ops, and inside it they
-        # would multiply the audio graphs by the prompt buckets.
-        self.encode = region(model.audio_embeddings, frames_dim=True)
-        self.prefill = region(lambda *args: _prefill(model, *args))
-        self.decode = region(lambda *args: _decode(model, *args), self.mode)
+    @property
+    def compiles(self) -> dict[str, int]:
+        """Graphs compiled so far, per region (regional: the blocks compiled in it)."""
+        return {name: region.compiles for name, region in self.regions.items()}
 
     @property
     def device(self) -> torch.device:
@@ -384,7 +414,9 @@ class Generator:
         rows = len(input_ids)
         if features is not None and features.input_features.shape[0] != rows:
             raise ValueError(f"{rows} prompts for {features.input_features.shape[0]} audio clips")
-        batch = self.policy.rows(rows)
+        symbolic = self.config is not None and self.config.symbolic
+        least = 2 if symbolic else 1  # see the class docstring
+        batch = max(self.policy.rows(rows), least)
         seq = self.policy.tokens(max(len(ids) for ids in input_ids))
         device = self.device
         ids = torch.zeros(batch, seq, dtype=torch.long, device=device)
@@ -394,7 +426,7 @@ class Generator:
             valid[i, seq - len(row) :] = True
 
         llm_rows = None
-        llm_batch = self.policy.rows(rows * num_beams)
+        llm_batch = max(self.policy.rows(rows * num_beams), least)
         if num_beams > 1:  # beams of request i are LLM rows i*K .. i*K+K-1
             llm_rows = torch.arange(rows, device=device).repeat_interleave(num_beams)
             llm_rows = F.pad(llm_rows, (0, llm_batch - llm_rows.numel()))
@@ -405,18 +437,23 @@ class Generator:
         key_valid[rows * num_beams :] = False
 
         feats = mask = None
-        if features is not None:
-            n = features.input_features.shape[1]
-            frames = self.policy.frames(n)
-            feats = torch.zeros(batch, frames, features.input_features.shape[2], device=device)
-            mask = torch.zeros(batch, frames, dtype=torch.bool, device=device)
-            feats[:rows, :n] = features.input_features.to(device)
-            mask[:rows, :n] = features.input_features_mask.to(device)
+        if features is not None:  # symbolic rows: no padding rows for the audio path
+            feats, mask = self._pad_audio(features, rows if symbolic else batch)
             self.model.check_audio_inputs(ids, feats, mask)
         elif (ids == self.model.config.audio_token_index).any():
             raise ValueError("the prompts hold audio placeholders but no audio was given")
         cache = self._cache(llm_batch, length)
         return Prepared(rows, num_beams, ids, position_ids, key_valid, cache, feats, mask, llm_rows)
+
+    def _pad_audio(self, features: AudioFeatures, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and frame mask padded to `rows` clips and the policy's frame count."""
+        n, real = features.input_features.shape[1], features.input_features.shape[0]
+        frames = self.policy.frames(n)
+        feats = torch.zeros(rows, frames, features.input_features.shape[2], device=self.device)
+        mask = torch.zeros(rows, frames, dtype=torch.bool, device=self.device)
+        feats[:real, :n] = features.input_features.to(self.device)
+        mask[:real, :n] = features.input_features_mask.to(self.device)
+        return feats, mask
 
     def _cache(self, batch: int, length: int) -> list:
         """The static KV cache of a bucket, reused: a new address would make CUDA graphs
@@ -425,7 +462,10 @@ class Generator:
         if key in self._caches:
             self._caches.move_to_end(key)
         else:
-            self._caches[key] = allocate_cache(self.model, batch, length)
+            self._caches[key] = cache = allocate_cache(self.model, batch, length)
+            if self.config is not None and self.config.symbolic:
+                for t in (t for pair in cache for t in pair):  # (rows, kvheads, length, dim)
+                    torch._dynamo.maybe_mark_dynamic(t, (0, 2))
             if len(self._caches) > self.max_caches:
                 self._caches.popitem(last=False)
         return self._caches[key]
@@ -468,25 +508,35 @@ class Generator:
     def _loop(self, p: Prepared, search: "_Search", steps: int) -> None:
         """features -> embed (audio path) -> prefill -> up to `steps` decode steps."""
         self.model.start_request(p.features is not None)
+        # Eager means eager: blocks that a regional compile compiled in place run eagerly too.
+        stance = "default" if self.config is not None else "force_eager"
+        with torch.compiler.set_stance(stance):
+            embeds = self._embed(p)
+            seq = p.prompt_len
+            slots = torch.arange(seq, device=self.device)
+            logits = self.prefill(embeds, p.position_ids, p.cache, slots, p.key_valid)
+            position = p.position_ids[:, -1:]
+            for step in range(steps):
+                tokens, order = search.step(logits, step)
+                if step + 1 == steps or (step % 8 == 7 and bool(search.done())):
+                    break  # the host sync of `done` runs every 8 steps only
+                if order is not None:
+                    self.reorder(p.cache, order)
+                position = position + 1
+                slot = torch.full((1,), seq + step, device=self.device)
+                logits = self.decode(tokens, position, p.cache, slot, p.key_valid)
+
+    def _embed(self, p: Prepared) -> torch.Tensor:
+        """Prompt embeddings of the LLM's rows, the audio path's output merged in. The audio
+        path runs on `policy.audio_rows` clips at a time."""
         if p.features is None:
             embeds = self.model.language_model.base_model.embedding(p.input_ids)
         else:
-            audio = self.encode(p.features, p.frame_mask)
+            size = self.policy.audio_rows
+            chunks = zip(p.features.split(size), p.frame_mask.split(size), strict=True)
+            audio = torch.cat([self.encode(features, mask) for features, mask in chunks])
             embeds = self.model.merge_audio(p.input_ids, audio, p.frame_mask)
-        if p.llm_rows is not None:
-            embeds = embeds.index_select(0, p.llm_rows)
-        seq = p.prompt_len
-        logits = self.prefill(
-            embeds, p.position_ids, p.cache, torch.arange(seq, device=self.device), p.key_valid
-        )
-        position = p.position_ids[:, -1:]
-        for step in range(steps):
-            tokens, order = search.step(logits, step)
-            if step + 1 == steps or (step % 8 == 7 and bool(search.done())):
-                break  # the host sync of `done` runs every 8 steps only
-            position = position + 1
-            slot = torch.full((1,), seq + step, device=self.device)
-            logits = self.decode(tokens, position, p.cache, slot, p.key_valid, order)
+        return embeds if p.llm_rows is None else embeds.index_select(0, p.llm_rows)
 
     @torch.no_grad()
     def warmup(
@@ -496,31 +546,48 @@ class Generator:
         *,
         text_tokens: int = 64,
         max_new_tokens: int = 128,
-        num_beams: int = 1,
+        num_beams: Sequence[int] = (1,),
         progress: bool = True,
     ) -> None:
         """Compile now the graphs that requests of these shapes will use: for each audio
-        length in encoder frames and batch size, a request of silence whose prompt holds
-        `text_tokens` text tokens, prefilled and decoded for two steps (the decode graph
-        depends on the cache length, fixed by `max_new_tokens`).
+        length in encoder frames, batch size and beam count, a request of silence whose
+        prompt holds `text_tokens` text tokens, prefilled and decoded for two steps (the decode
+        step's cache length follows from `max_new_tokens`), under a progress bar.
 
-        Default lengths: the policy's audio buckets; with symbolic audio 4, 8, 16 and 32 s
-        (their prompt buckets) and one length of each other case the audio graph
-        specialises on (within one encoder block, within two, not whole blocks).
+        Default lengths: the policy's audio buckets; with a symbolic frame count a clip that
+        fills one encoder block but for one frame and one over two blocks (what the audio
+        graphs specialise on), and with static shapes also 3 blocks less a frame and 4, 8, 16
+        and 32 s (their prompt buckets).
         """
         block = self.model.config.encoder_config.context_size
-        cases = (block // 2 + 1, block + block // 2, 3 * block - 1)
-        frames = sorted(audio_frames or self.policy.audio_frames or {*cases, 200, 400, 800, 1600})
-        audio_id = self.model.config.audio_token_index
-        shapes = [(f, b) for f in frames for b in batch]
-        for f, b in tqdm(shapes, desc="compiling buckets", unit="bucket", disable=not progress):
-            mask = torch.ones(b, f, dtype=torch.bool)
-            count = int(self.model.audio_token_counts(mask[:1])[0])
-            ids = [torch.tensor([1] * text_tokens + [audio_id] * count)] * b
-            dim = self.model.config.encoder_config.input_dim
-            feats = AudioFeatures(torch.zeros(b, f, dim), mask, torch.full((b,), count))
-            p = self.prepare(ids, feats, max_new_tokens, num_beams)
-            self._loop(p, self._search(p, [2] * b, None), 2)
+        cases = {block - 1, block + block // 2}
+        if self.config is None or not self.config.symbolic:
+            cases |= {3 * block - 1, 200, 400, 800, 1600}
+        frames = sorted(audio_frames or self.policy.audio_frames or cases)
+        shapes = [(f, b, k) for f in frames for b in batch for k in num_beams]
+        bar = tqdm(shapes, desc="compiling", unit="shape", disable=not progress)
+        with logging_redirect_tqdm():
+            for f, b, k in bar:
+                bar.set_postfix_str(f"{f} frames, batch {b}, {k} beams")
+                self._warm(f, b, k, text_tokens, max_new_tokens)
+
+    def _warm(self, frames: int, batch: int, beams: int, text: int, max_new_tokens: int) -> None:
+        mask = torch.ones(batch, frames, dtype=torch.bool)
+        count = int(self.model.audio_token_counts(mask[:1])[0])
+        ids = [torch.tensor([1] * text + [self.model.config.audio_token_index] * count)] * batch
+        dim = self.model.config.encoder_config.input_dim
+        feats = AudioFeatures(torch.zeros(batch, frames, dim), mask, torch.full((batch,), count))
+        p = self.prepare(ids, feats, max_new_tokens, beams)
+        self._loop(p, self._search(p, [2] * batch, None), 2)
+        self.warmed_up.append(
+            dict(
+                frames=frames,
+                batch=batch,
+                num_beams=beams,
+                text_tokens=text,
+                max_new_tokens=max_new_tokens,
+            )
+        )
 
 
 def check_context(prompt_lengths: Sequence[int], budgets: Sequence[int], positions: int) -> None:

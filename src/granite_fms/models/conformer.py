@@ -6,6 +6,7 @@ half-step feed-forwards per block; after the middle block the CTC head's softmax
 by the clip's own length, so a padded batch gives each clip the result it gets alone.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -121,26 +122,51 @@ class ConformerAttention(nn.Module):
         nblocks = nframes // ctx + 1
         pad = nblocks * ctx - nframes
         x = F.pad(x, (0, 0, 0, pad))
-        key_valid = F.pad(frame_mask, (0, pad), value=False).view(bsz * nblocks, 1, 1, ctx)
-
-        q = self.query(x).view(bsz * nblocks, ctx, self.nheads, self.head_dim).transpose(1, 2)
-        k, v = self.key_value(x).chunk(2, dim=-1)
-        k = k.reshape(bsz * nblocks, ctx, self.nheads, self.head_dim).transpose(1, 2)
-        v = v.reshape(bsz * nblocks, ctx, self.nheads, self.head_dim).transpose(1, 2)
+        key_valid = F.pad(frame_mask, (0, pad), value=False).unsqueeze(-1)
+        key_valid = _blocks(key_valid, nblocks, ctx, (1, 1)).permute(0, 2, 3, 1)  # (B*N,1,1,C)
+        heads = (self.nheads, self.head_dim)
+        q = _blocks(self.query(x), nblocks, ctx, heads).transpose(1, 2)
+        kv = self.key_value(x)
+        k = _blocks(kv, nblocks, ctx, heads).transpose(1, 2)
+        v = _blocks(kv, nblocks, ctx, heads, offset=self.nheads * self.head_dim).transpose(1, 2)
 
         rel = self.rel_pos_emb(attention_dists)  # (C, C, head_dim)
         bias = torch.einsum("bhcd,crd->bhcr", q, rel) * self.scale
         # Key-padding mask from each clip's length. For a single clip this masks exactly what
         # the reference masks for the valid query rows; padded query rows are discarded.
         bias = bias.masked_fill(~key_valid, -torch.finfo(bias.dtype).max)
-        # MATH by default: the reference's numerics (it upcasts bf16 internally).
+        # MATH by default: the reference's numerics (it upcasts bf16 internally). The kernel
+        # is called directly, which is what `sdpa_kernel(SDPBackend.MATH)` selects (bitwise the
+        # same): the context manager would be a call in the compiled graph that PyTorch's
+        # AOTAutograd cache refuses, so a warm start would trace it again.
         if self.force_math:
-            with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+            out = torch.ops.aten._scaled_dot_product_attention_math(
+                q, k, v, attn_mask=bias, scale=self.scale
+            )[0]
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-        out = out.transpose(1, 2).reshape(bsz, nblocks * ctx, -1)[:, :nframes]
+        out = _unblocks(out.transpose(1, 2).contiguous(), bsz, nblocks)[:, :nframes]
         return self.dense(out)
+
+
+def _blocks(
+    x: torch.Tensor, nblocks: int, ctx: int, shape: tuple[int, ...], offset: int = 0
+) -> torch.Tensor:
+    """(B, N * C, W), contiguous -> (B * N, C, *shape): a view of its last dim from `offset`.
+
+    The strides are spelled out: `view` proves the merge of B and N by guarding on N == 1,
+    and with symbolic sizes (torch.compile dynamic shapes) each outcome is another graph.
+    """
+    width = x.shape[-1]
+    inner = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
+    return x.as_strided((x.shape[0] * nblocks, ctx, *shape), (ctx * width, width, *inner), offset)
+
+
+def _unblocks(x: torch.Tensor, bsz: int, nblocks: int) -> torch.Tensor:
+    """(B * N, C, *rest), contiguous -> (B, N * C, prod(rest)): `_blocks` undone."""
+    width = math.prod(x.shape[2:])
+    frames = nblocks * x.shape[1]
+    return x.as_strided((bsz, frames, width), (frames * width, width, 1))
 
 
 class ConformerConvModule(nn.Module):
@@ -162,17 +188,24 @@ class ConformerConvModule(nn.Module):
         self.down_conv = nn.Conv1d(inner, config.emb_dim, 1)
 
     def forward(self, x: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        x = self.ln(x).transpose(1, 2)
-        x = F.glu(self.up_conv(x), dim=1)
+        # The pointwise convolutions are matmuls over the channels, run as such on (B, T, C):
+        # the same weights, and no convolution-kernel choice (which depends on the batch
+        # size, the frame count and the thread count) for symbolic shapes to guard on.
+        x = F.glu(_pointwise(self.up_conv, self.ln(x)), dim=-1)
         # Zero padded frames so the depthwise conv sees what a lone clip sees: zero padding.
-        x = x * frame_mask.unsqueeze(1).to(x.dtype)
+        x = (x * frame_mask.unsqueeze(-1).to(x.dtype)).transpose(1, 2)
         x = self.depth_conv(F.pad(x, self.padding))
         bn = self.batch_norm
         # Always running statistics: the model is inference-only, whatever its train() flag.
         x = F.batch_norm(
             x, bn.running_mean, bn.running_var, bn.weight, bn.bias, training=False, eps=bn.eps
         )
-        return self.down_conv(F.silu(x)).transpose(1, 2)
+        return _pointwise(self.down_conv, F.silu(x).transpose(1, 2))
+
+
+def _pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """A kernel-size-1 Conv1d applied to (B, T, C_in) -> (B, T, C_out)."""
+    return F.linear(x, conv.weight.squeeze(-1), conv.bias)
 
 
 class ConformerBlock(nn.Module):
@@ -231,7 +264,10 @@ class ConformerEncoder(nn.Module):
         self.attention_dists = self._attention_dists(self.input_linear.weight.device)
 
     def forward(self, features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        x = self.input_linear(features)
+        # A plain tensor, not the view a biased linear returns for 3-D input: with the blocks
+        # compiled one by one (regional), block 1 alone would get a view, which Dynamo guards
+        # on (its base), and the next block's input would compile a second graph.
+        x = self.input_linear(features).clone()
         cat = self.config.cat_hidden_layers
         kept = [x] if 0 in cat else []
         mid = len(self.layers) // 2

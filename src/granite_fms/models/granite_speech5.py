@@ -156,7 +156,10 @@ class SubsamplingBlock(nn.Module):
         x = 0.5 * self.ff1(x) + x
         x = self.attn(x, frame_mask, attention_dists) + x
         pairs = x.unfold(1, 2, 2).mean(dim=-1)  # an odd last frame dropped
-        x = pairs + self.conv(x, frame_mask)[:, : pairs.shape[1]]
+        # A gather, not a slice: cutting the ceil(T / 2) conv frames to T // 2 is no cut for an
+        # even T, and a symbolic length would guard on that (a graph for each parity).
+        keep = torch.arange(pairs.shape[1], device=x.device)
+        x = pairs + self.conv(x, frame_mask).index_select(1, keep)
         x = 0.5 * self.ff2(x) + x
         return self.post_ln(x)
 
