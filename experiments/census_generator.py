@@ -122,9 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     from granite_fms.inference.generation import BucketPolicy
 
     args = harness.parser(__doc__, device=False).parse_args(argv)
-    run = harness.Run("census_generator", "cpu", args, model=graphs.CHECKPOINT)
+    dtype = harness.dtype_of(args)
+    model = f"{graphs.CHECKPOINT}, {harness.dtype_name(dtype)}"
+    run = harness.Run("census_generator", "cpu", args, model=model)
     default_limit, hits = graphs.configure()
-    _, fm, inputs = graphs.census_models(args.quick)
+    _, fm, inputs = graphs.census_models(args.quick, dtype)
     scale = 0.3 if args.quick else 1.0
     steps = {"explain": 10 * scale, "sweep": 120 * scale, "second": 20 * scale, "new_blocks": 20}
     progress = harness.Progress("census_generator", steps)
