@@ -76,6 +76,17 @@ def check(session: nox.Session) -> None:
     session.run("python", "-m", "experiments.check", *session.posargs)
 
 
+@nox.session(python=PYTHON)
+def gpu(session: nox.Session) -> None:
+    """The GPU suite on one GPU (3.3-8b shapes, bf16): environment check, then latency,
+    throughput, first request, decode profile and ablations, beam search, each part's run file
+    as soon as it is done -> results/runs/<experiment>/gpu_8b.json. Arguments go to
+    `python -m experiments.gpu_suite`, e.g. `nox -s gpu -- --parts latency profile`. An offline
+    machine: experiments/README.md."""
+    _install(session, "dev")
+    session.run("python", "-m", "experiments.gpu_suite", *session.posargs)
+
+
 @nox.session(python=PYTHON, name="eval")
 def eval_(session: nox.Session) -> None:
     """WER, CER, RTFx and tokens/s of `granite-fms eval`, eager and compiled, on the built-in

@@ -14,7 +14,7 @@ import torch
 
 from experiments import harness
 from experiments.models import Bench, run_bench, variant_rows
-from experiments.modes import fms_inputs
+from experiments.modes import encoder_input, fms_inputs
 
 WHAT = "encoder forward, attn_backend math (default) vs auto (fused SDPA)"
 HEADLINE = ["math_over_auto_eager", "math_over_auto_compiled"]
@@ -25,7 +25,7 @@ def measure(b: Bench) -> dict:
 
     fm, device = b.fm, b.device
     feats, _, _, _ = fms_inputs(fm, b.workload)
-    x = feats.input_features.to(fm.encoder.input_linear.weight.dtype)
+    x = encoder_input(fm, feats.input_features)
     mask = feats.input_features_mask
     with torch.device("meta"):
         auto = ConformerEncoder(fm.encoder.config.updated(attn_backend="auto"))

@@ -1,6 +1,6 @@
 """Audio buckets: padding waste of the compiled audio path, symbolic vs static -> a run file.
 
-    python -m experiments.bench_audio_buckets [--quick]
+    python -m experiments.bench_audio_buckets [--quick]   # --quick: a 6 s clip only
 
 The audio path (encoder + projector; the merge is outside the graph) over clip lengths of
 0.5-30 s, batch 1: eager on the unpadded clip, and compiled under three policies: symbolic (the
@@ -32,7 +32,7 @@ def measure(b: Bench) -> dict:
     from granite_fms.inference.generation import BucketPolicy, Generator
 
     fm, device = b.fm, b.device
-    seconds = SECONDS[::3] if b.workload.audio_s < 10 else SECONDS
+    seconds = SECONDS[3:4] if b.args.quick else SECONDS
     counters = {name: CompileCounterWithBackend("inductor") for name in POLICIES}
     gens = {
         name: Generator(

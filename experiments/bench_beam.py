@@ -2,7 +2,7 @@
 
     python -m experiments.bench_beam [--quick] [--device cuda --model 3.3-8b]
 
-The target workload (10 s clip, batch 1; --quick: 3 s) and the same budget of new tokens, no
+The target workload (10 s clip, batch 1; --quick: 1 s) and the same budget of new tokens, no
 EOS (so both run every step), timed end to end round robin. Beam search runs the LLM on
 clips x beams rows (prefill included, as Hugging Face's does) and reorders the static KV
 cache inside the decode graph.

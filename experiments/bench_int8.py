@@ -2,7 +2,7 @@
 
     python -m experiments.bench_int8 [--quick] [--device cuda --model 3.3-8b]
 
-The target workload (10 s clip, batch 1; --quick: 3 s) through the compiled Generator, with
+The target workload (10 s clip, batch 1; --quick: 1 s) through the compiled Generator, with
 the LLM's linear weights as loaded (fp32 on CPU, bf16 on a GPU) and int8 weight-only
 (torchao, `CompileConfig(quantize="int8")`): one decode-step call, and end to end, timed round
 robin; the prefill logits' error relative to their scale and the greedy tokens' agreement.
@@ -19,7 +19,7 @@ import torch
 
 from experiments import harness
 from experiments.models import Bench, run_bench
-from experiments.modes import decode_step_inputs, fms_inputs
+from experiments.modes import decode_step_inputs, fms_inputs, prefill_logits, token_agreement
 
 WHAT = "compiled Generator, LLM weights as loaded vs int8 weight-only (torchao)"
 HEADLINE = ["decode_call_speedup_int8", "e2e_speedup_int8", "prefill_logits_rel_err"]
@@ -50,16 +50,13 @@ def measure(b: Bench) -> dict:
     for name, gen in gens.items():
         tokens[name] = [g.tokens for g in gen.generate(rows, feats, max_new_tokens=w.new_tokens)]
         p, step = decode_step_inputs(gen, w)
-        gen.model.start_request(True)
-        audio = gen.encode(p.features, p.frame_mask)
-        embeds = gen.model.merge_audio(p.input_ids, audio, p.frame_mask)
-        positions = torch.arange(p.prompt_len, device=device)
-        logits[name] = gen.prefill(embeds, p.position_ids, p.cache, positions, p.key_valid).float()
+        logits[name] = prefill_logits(gen, p)
         tasks[(name, "decode_call")] = harness.Task(
             lambda g=gen, s=step: g.decode(*s), b.reps["stage"]
         )
         tasks[(name, "e2e")] = harness.Task(
-            lambda g=gen: g.generate(rows, feats, max_new_tokens=w.new_tokens), (3, 5, 3.0)
+            lambda g=gen: g.generate(rows, feats, max_new_tokens=w.new_tokens),
+            (1, 2, 0.5) if b.args.quick else (3, 5, 3.0),
         )
     tasks |= head_tasks(b, gens, b.reps["stage"])
     out = harness.round_robin(tasks, device)
@@ -68,12 +65,7 @@ def measure(b: Bench) -> dict:
         ev[f"{part}_speedup_int8"] = ev[f"{part}_ms_base"] / ev[f"{part}_ms_int8"]
     ref = logits["base"]
     ev["prefill_logits_rel_err"] = float((ref - logits["int8"]).abs().max() / ref.abs().max())
-    same = [
-        a == b_
-        for ra, rb in zip(tokens["base"], tokens["int8"], strict=True)
-        for a, b_ in zip(ra, rb, strict=True)
-    ]
-    ev["greedy_token_agreement"] = sum(same) / len(same)
+    ev["greedy_token_agreement"] = token_agreement(tokens["base"], tokens["int8"])
     ev["greedy_first_token_agrees"] = tokens["base"][0][0] == tokens["int8"][0][0]
     return {
         "new_tokens": w.new_tokens,

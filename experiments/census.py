@@ -1,6 +1,6 @@
 """Graph-break census: Hugging Face transformers vs this project, region by region -> a run file.
 
-    python -m experiments.census [--quick]
+    python -m experiments.census [--quick]   # --quick: the forward and decode regions only
 
 One checkpoint (experiments/graphs.py) loaded both ways. Per region (encoder, projector, merge,
 audio path, LLM prefill and one decode step with each side's KV caches, the whole forward with
@@ -14,7 +14,8 @@ audio) and entry point:
   backend, called on every request of the sweep, then of the second sweep (new lengths in the
   same encoder blocks and batch sizes: the steady state), then of the new-blocks sweep (block
   counts never seen); `recompile_limit` raised to 64, hits of it counted;
-* compile_s (whole forward only): the first call of `torch.compile(fn)` (Inductor, caches off).
+* compile_s (whole forward only): the first call of `torch.compile(fn)` (Inductor, caches off;
+  not with --quick, whose sweeps are shorter too and which takes only the QUICK_REGIONS).
 
 Adapter switching: a text-only forward compiled once, the adapter switched on/off/on/off between
 calls (peft's enable/disable_adapters vs `set_adapter`). The bucketed Generator over the same
@@ -32,6 +33,7 @@ from experiments import graphs, harness
 
 MAX_CACHE_LEN = 512  # HF StaticCache length (the tiny text model's max_position_embeddings)
 COMPILE_TIMED = ("hf_forward", "fms_forward")
+QUICK_REGIONS = ("forward", "decode")
 SWEEPS = ("sweep", "second", "new_blocks")
 
 
@@ -141,8 +143,9 @@ def fms_regions(fm) -> list[Region]:
     # fmt: on
 
 
-def measure(region: Region, inputs: dict[str, list[graphs.Inputs]], hits) -> dict:
-    """Static facts on the first request, then the graphs each sweep compiles."""
+def measure(region: Region, inputs: dict[str, list[graphs.Inputs]], hits, timed: bool) -> dict:
+    """Static facts on the first request, then the graphs each sweep compiles; `timed`: the
+    Inductor compile of the COMPILE_TIMED regions too."""
     row = {
         "key": region.key,
         "impl": region.key.split("_")[0],
@@ -161,7 +164,7 @@ def measure(region: Region, inputs: dict[str, list[graphs.Inputs]], hits) -> dic
             compiled(*region.args(i))
         row[f"recompiles_{name}"], counts = counter.frame_count - counts, counter.frame_count
     row.update(max_compiles_per_frame=counter.max_per_frame, recompile_limit_hits=hits.count)
-    if region.key in COMPILE_TIMED:
+    if timed and region.key in COMPILE_TIMED:
         torch._dynamo.reset()
         row["compile_s"] = harness.timed(
             lambda: torch.compile(region.fn)(*region.args(inputs["sweep"][0])), torch.device("cpu")
@@ -255,21 +258,37 @@ def evidence_of(rows: list[dict], default_limit: int, sweep_calls: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = harness.parser(__doc__, device=False).parse_args(argv)
-    run = harness.Run("census", "cpu", args, model=graphs.CHECKPOINT)
+    dtype = harness.dtype_of(args)
+    model = f"{graphs.CHECKPOINT}, {harness.dtype_name(dtype)}"
+    run = harness.Run("census", "cpu", args, model=model)
     default_limit, hits = graphs.configure()
-    hf, fm, inputs = graphs.census_models(args.quick)
+    hf, fm, inputs = graphs.census_models(args.quick, dtype)
     regions = hf_regions(hf) + fms_regions(fm)
+    if args.quick:
+        regions = [r for r in regions if r.region in QUICK_REGIONS]
     scale = 0.3 if args.quick else 1.0
     expected = {"hf_forward": 60, "fms_forward": 40, "hf_audio_path": 25, "hf_merge": 15}
     steps = {r.key: scale * expected.get(r.key, 10) for r in regions}
     progress = harness.Progress("census", {**steps, "adapter_switch": 10})
     rows = []
     for region in regions:
-        rows.append(measure(region, inputs, hits))
+        rows.append(measure(region, inputs, hits, timed=not args.quick))
         progress.done(region.key)
     rows += adapter_rows(hf, fm, hits)
     progress.done("adapter_switch")
     ev = evidence_of(rows, default_limit, len(inputs["sweep"]))
+    not_measured = {
+        "gpu": "the census runs on CPU with a counting eager backend: graphs, "
+        "breaks and recompiles come from Dynamo, which traces the same code on any "
+        "device; compile times on a GPU are not measured here"
+    }
+    if args.quick:
+        not_measured.update(
+            {
+                f"{k}_compile_s": "--quick: the Inductor compile is timed in full runs"
+                for k in COMPILE_TIMED
+            }
+        )
     run.write(
         rows=rows,
         evidence=ev,
@@ -280,11 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             "fms_forward_recompiles_sweep",
         ],
         requests=graphs.describe(args.quick),
-        not_measured={
-            "gpu": "the census runs on CPU with a counting eager backend: graphs, "
-            "breaks and recompiles come from Dynamo, which traces the same code on any "
-            "device; compile times on a GPU are not measured here"
-        },
+        not_measured=not_measured,
         hf_static_cache_len=MAX_CACHE_LEN,
         steps_s=progress.seconds,
     )

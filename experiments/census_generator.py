@@ -182,12 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     from granite_fms.inference.generation import BucketPolicy
 
     args = harness.parser(__doc__, device=False).parse_args(argv)
-    run = harness.Run("census_generator", "cpu", args, model=graphs.CHECKPOINT)
+    dtype = harness.dtype_of(args)
+    model = f"{graphs.CHECKPOINT}, {harness.dtype_name(dtype)}"
+    run = harness.Run("census_generator", "cpu", args, model=model)
     default_limit, hits = graphs.configure()
-    _, fm, _ = graphs.census_models(args.quick)
+    _, fm, _ = graphs.census_models(args.quick, dtype)
     gen = torch.Generator().manual_seed(0)
     inputs = {
-        part: [(graphs.make_inputs(r, fm, gen), beams) for r, beams in reqs]
+        part: [(graphs.make_inputs(r, fm, gen, dtype), beams) for r, beams in reqs]
         for part, reqs in sweeps(args.quick).items()
     }
     scale = 0.3 if args.quick else 1.0

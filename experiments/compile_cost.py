@@ -2,21 +2,26 @@
 static shapes, symbolic shapes and regional compilation, and what the steady state pays back.
 
     python -m experiments.compile_cost [--quick] [--threads 1]
+    python -m experiments.compile_cost --parts warm --device cuda --model 3.3-8b
 
-1. The built-in default (tiny), 10 s clips, 16 new tokens, three `CompileConfig`s: static
-   shapes (a graph per bucket), symbolic shapes (the default), symbolic and regional. Each on
-   its own copy of the model with an empty Inductor cache: the first request at batch 1 (cold,
-   compiles included), then one request at each new batch size (3, 8, 32), each with the
-   seconds its compiles took (`Generator.compiles`, logged per graph); then the steady state
-   at batch 1 and 8, all three timed round robin.
-2. The real 3.3 encoder shapes (16 conformer blocks of width 1024 and the projector, random
-   weights, fp32; --quick: 4 blocks) as one region, the same three configurations: the first
-   call on a 10 s clip (cold), then a 20 s batch of 2 (new shapes), then the steady state on
-   the 10 s clip, round robin.
-3. Warm start, the same three configurations: a process compiles cold, runs the first
+1. `model`: `--model` (the built-in default, tiny), 10 s clips, 16 new tokens, three
+   `CompileConfig`s: static shapes (a graph per bucket), symbolic shapes (the default),
+   symbolic and regional. Each on its own copy of the model with an empty Inductor cache: the
+   first request at batch 1 (cold, compiles included), then one request at each new batch
+   size (3, 8, 32), each with the seconds its compiles took (`Generator.compiles`, logged per
+   graph); then the steady state at batch 1 and 8, all three timed round robin.
+2. `encoder`: the real 3.3 encoder shapes (16 conformer blocks of width 1024 and the
+   projector, random weights; --quick: 2 blocks) as one region, the same three
+   configurations: the first call on a 10 s clip (cold), then a 20 s batch of 2 (new shapes),
+   then the steady state on the 10 s clip, round robin.
+3. `warm`: warm start, the same three configurations: a process compiles cold, runs the first
    request and saves the artifact (`SpeechPipeline.save_compiled`'s file); a fresh process with
    an empty Inductor cache loads it (`compile(cache=...)`) and runs the same request:
    first-request and process times, Inductor's cache hits and misses, the same tokens or not.
+   (Its processes ignore --compile-cache: each starts from an empty cache.)
+
+All in `--dtype` on `--device` (defaults: fp32 on a CPU, bf16 on a GPU). --quick: batch sizes
+(3,), steady state at batch 1, the symbolic and regional configurations (unless --configs).
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from experiments import harness
+from experiments.models import MODELS, build_models, model_note
 
 AUDIO_S, NEW_TOKENS = 10, 16
 CONFIGS = {  # name: CompileConfig fields
@@ -40,21 +47,19 @@ CONFIGS = {  # name: CompileConfig fields
     "symbolic": dict(),
     "regional": dict(regional=True),
 }
-BATCHES = (3, 8, 32)
+PARTS = ("model", "encoder", "warm")
 
 
-def _fresh_cache(tmp: Path, name: str) -> None:
-    """An empty Inductor cache for what compiles next (this process only)."""
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / name)
+def _plan(args) -> tuple[dict, tuple[int, ...], tuple[int, ...]]:
+    """(configurations, new batch sizes, steady-state batch sizes)."""
+    names = args.configs or (("symbolic", "regional") if args.quick else tuple(CONFIGS))
+    configs = {name: CONFIGS[name] for name in names}
+    return (configs, (3,), (1,)) if args.quick else (configs, (3, 8, 32), (1, 8))
 
 
-def _tiny(tmp: Path):
-    import granite_fms
-    from granite_fms.testing import save_variant_checkpoint
-
-    if not (tmp / "tiny").exists():
-        save_variant_checkpoint(tmp / "tiny")
-    return granite_fms.load_model(tmp / "tiny")
+def _model(name: str, device: torch.device, dtype: torch.dtype, tmp: Path):
+    """The FMS model of `name` (experiments/models.py)."""
+    return build_models(name, device, dtype, tmp)[1]
 
 
 def _request(fm, batch: int = 1):
@@ -68,22 +73,25 @@ def _compile_seconds(gen) -> float:
     return sum(region.seconds for region in gen.regions.values())
 
 
-def tiny_configs(tmp: Path, reps) -> dict:
+def model_configs(args, fm, tmp: Path, reps) -> dict:
     """Part 1: per configuration, the first request, each new batch size, the steady state."""
     from granite_fms.inference.compile import CompileConfig
     from granite_fms.inference.generation import Generator
 
-    fm = _tiny(tmp)
-    requests = {b: _request(fm, b) for b in (1, *BATCHES)}
+    configs, batches, steady_batches = _plan(args)
+    device = fm.language_model.base_model.embedding.weight.device
+    requests = {b: _request(fm, b) for b in (1, *batches)}
     out, gens, tokens = {}, {}, {}
-    for name, fields in CONFIGS.items():
-        _fresh_cache(tmp, f"tiny_{name}")
+    for name, fields in configs.items():
+        harness.compile_cache(args, tmp / f"model_{name}")
         gen = gens[name] = Generator(copy.deepcopy(fm), compile=CompileConfig(**fields))
         r = out[name] = {}
         for batch, (rows, feats) in requests.items():
-            before, start = _compile_seconds(gen), time.perf_counter()
-            result = gen.generate(rows, feats, max_new_tokens=NEW_TOKENS)
-            r[f"request_s_b{batch}"] = time.perf_counter() - start
+            before = _compile_seconds(gen)
+            request_s, result = harness.timed_result(
+                partial(gen.generate, rows, feats, max_new_tokens=NEW_TOKENS), device
+            )
+            r[f"request_s_b{batch}"] = request_s
             r[f"compile_s_b{batch}"] = _compile_seconds(gen) - before
             tokens.setdefault(batch, {})[name] = [g.tokens for g in result]
         r["graphs"] = sum(gen.compiles.values())
@@ -92,9 +100,9 @@ def tiny_configs(tmp: Path, reps) -> dict:
             lambda g=gen, r=requests[b]: g.generate(*r, max_new_tokens=NEW_TOKENS), reps
         )
         for name, gen in gens.items()
-        for b in (1, 8)
+        for b in steady_batches
     }
-    steady = harness.round_robin(tasks, torch.device("cpu"), warm_up=False)
+    steady = harness.round_robin(tasks, device, warm_up=False)
     for (name, b), summary in steady.items():
         out[name][f"steady_ms_b{b}"] = summary["median_ms"]
         out[name][f"steady_b{b}"] = summary
@@ -118,20 +126,23 @@ def _encoder(layers: int):
     return encoder, projector
 
 
-def _clips(seconds: float, batch: int):
+def _clips(seconds: float, batch: int, device: torch.device, dtype: torch.dtype):
     frames = round(seconds * 50)
-    return torch.randn(batch, frames, 160), torch.ones(batch, frames, dtype=torch.bool)
+    features = torch.randn(batch, frames, 160).to(device, dtype)
+    return features, torch.ones(batch, frames, dtype=torch.bool, device=device)
 
 
-def encoder_configs(tmp: Path, reps, layers: int) -> dict:
+def encoder_configs(args, tmp: Path, reps, layers: int) -> dict:
     """Part 2: the audio path at the real 3.3 encoder shapes as one region."""
     from granite_fms.inference.compile import CompileConfig, Region, compile_blocks
 
-    encoder, projector = _encoder(layers)
-    first, second = _clips(AUDIO_S, 1), _clips(2 * AUDIO_S, 2)
+    device, dtype = harness.device_of(args), harness.dtype_of(args)
+    encoder, projector = (m.to(device, dtype) for m in _encoder(layers))
+    first, second = _clips(AUDIO_S, 1, device, dtype), _clips(2 * AUDIO_S, 2, device, dtype)
+    configs = _plan(args)[0]
     out, calls, outs = {}, {}, {}
-    for name, fields in CONFIGS.items():
-        _fresh_cache(tmp, f"enc_{name}")
+    for name, fields in configs.items():
+        harness.compile_cache(args, tmp / f"enc_{name}")
         config = CompileConfig(**fields)
         enc = copy.deepcopy(encoder)
         if config.regional:
@@ -146,41 +157,45 @@ def encoder_configs(tmp: Path, reps, layers: int) -> dict:
             compiled=not config.regional,
         )
         r = out[name] = {}
-        for label, args in (("first", first), ("new_shape", second)):
-            before, start = region.seconds, time.perf_counter()
-            outs[(name, label)] = region(*args)
-            r[f"{label}_s"] = time.perf_counter() - start
+        for label, clips in (("first", first), ("new_shape", second)):
+            before = region.seconds
+            r[f"{label}_s"], outs[(name, label)] = harness.timed_result(
+                lambda reg=region, c=clips: reg(*c), device
+            )
             r[f"{label}_compile_s"] = region.seconds - before
         r["graphs"] = region.compiles
         calls[name] = lambda reg=region: reg(*first)
     steady = harness.round_robin(
-        {name: harness.Task(fn, reps) for name, fn in calls.items()}, torch.device("cpu")
+        {name: harness.Task(fn, reps) for name, fn in calls.items()}, device
     )
     for name, summary in steady.items():
         out[name]["steady_ms"] = summary["median_ms"]
         out[name]["steady"] = summary
-    ref = outs[("static", "first")]
-    err = max(float((outs[(n, "first")] - ref).abs().max() / ref.abs().max()) for n in CONFIGS)
+    ref = outs[(next(iter(configs)), "first")].float()
+    err = max(
+        float((outs[(n, "first")].float() - ref).abs().max() / ref.abs().max()) for n in configs
+    )
     return {"configs": out, "layers": layers, "max_rel_err": err}
 
 
-def child(role: str, config: str, tmp: str) -> None:
+def child(role: str, config: str, tmp: str, model: str, device: str, dtype: str, threads: str):
     """Part 3, one fresh process: `save` compiles cold and writes the artifact, `load` loads
     it; both time the first request. Prints JSON."""
     start = time.perf_counter()
     from granite_fms.pipeline import SpeechPipeline
 
-    if int(os.environ.get("COMPILE_COST_THREADS", "0")):
-        torch.set_num_threads(int(os.environ["COMPILE_COST_THREADS"]))
+    torch.set_num_threads(int(threads))
     torch.set_grad_enabled(False)
-    fm = _tiny(Path(tmp))
+    device = torch.device(device)
+    fm = _model(model, device, harness.DTYPES[dtype], Path(tmp) / role)
     rows, feats = _request(fm)
     artifact = Path(tmp) / f"{config}.compiled"
     cache = artifact if role == "load" else None
     pipe = SpeechPipeline(fm).compile(cache=cache, **CONFIGS[config])
-    t0 = time.perf_counter()
-    tokens = [g.tokens for g in pipe.generator.generate(rows, feats, max_new_tokens=NEW_TOKENS)]
-    first = time.perf_counter() - t0
+    first, result = harness.timed_result(
+        lambda: pipe.generator.generate(rows, feats, max_new_tokens=NEW_TOKENS), device
+    )
+    tokens = [g.tokens for g in result]
     if role == "save":
         pipe.save_compiled(artifact)
     counters = torch._dynamo.utils.counters
@@ -199,64 +214,75 @@ def child(role: str, config: str, tmp: str) -> None:
     )
 
 
-def warm_start(tmp: Path, threads: int | None) -> dict:
-    """Part 3 for each configuration."""
+def warm_start(args, tmp: Path) -> dict:
+    """Part 3 for each configuration, each process with this one's threads."""
+    device, dtype = harness.device_of(args), harness.dtype_of(args)
+    setup = [args.model, str(device), harness.dtype_name(dtype), str(torch.get_num_threads())]
     runs = {}
-    for config in CONFIGS:
+    for config in _plan(args)[0]:
         for role in ("save", "load"):
             cache = tmp / f"inductor_{config}_{role}"
             env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache))
-            env["COMPILE_COST_THREADS"] = str(threads or 0)
             cmd = [sys.executable, "-m", "experiments.compile_cost", "--child", role, config]
             t0 = time.perf_counter()
             out = subprocess.run(
-                [*cmd, str(tmp)], check=True, capture_output=True, text=True, env=env
+                [*cmd, str(tmp), *setup], check=True, capture_output=True, text=True, env=env
             )
             run = runs[(config, role)] = json.loads(out.stdout.strip().splitlines()[-1])
             run["wall_s"] = time.perf_counter() - t0
     return runs
 
 
-def evidence(tiny: dict, enc: dict, warm: dict) -> dict:
-    ev = {}
-    for name, r in tiny["configs"].items():
-        ev.update({f"tiny_{k}_{name}": v for k, v in r.items() if not isinstance(v, dict)})
-        first = r["compile_s_b1"]
-        ev[f"tiny_new_batch_compile_share_{name}"] = (
-            max(r[f"compile_s_b{b}"] for b in BATCHES) / first
+def _ratios(part: str, runs: dict, key: str, first: str) -> dict:
+    """Steady state and cold first call of symbolic and regional against static (when run)."""
+    if "static" not in runs:
+        return {}
+    static = runs["static"]
+    return {
+        k: v
+        for name in ("symbolic", "regional")
+        for k, v in (
+            (f"{part}_steady_{name}_over_static", runs[name][key] / static[key]),
+            (f"{part}_cold_static_over_{name}", static[first] / runs[name][first]),
         )
-    for name, r in enc["configs"].items():
-        ev.update({f"encoder_{k}_{name}": v for k, v in r.items() if not isinstance(v, dict)})
-    for part, runs in (("tiny", tiny["configs"]), ("encoder", enc["configs"])):
-        key = "steady_ms_b1" if part == "tiny" else "steady_ms"
-        first = "request_s_b1" if part == "tiny" else "first_s"
-        for name in ("symbolic", "regional"):
-            ev[f"{part}_steady_{name}_over_static"] = runs[name][key] / runs["static"][key]
-            ev[f"{part}_cold_static_over_{name}"] = runs["static"][first] / runs[name][first]
-    ev["tiny_steady_b8_symbolic_over_static"] = (
-        tiny["configs"]["symbolic"]["steady_ms_b8"] / tiny["configs"]["static"]["steady_ms_b8"]
-    )
-    ev.update(
-        tiny_same_tokens=tiny["same_tokens"],
-        encoder_layers=enc["layers"],
-        encoder_max_rel_err=enc["max_rel_err"],
-    )
-    for config in CONFIGS:
-        cold, warm_run = warm[(config, "save")], warm[(config, "load")]
+    }
+
+
+def evidence(short: str, parts: dict) -> dict:
+    """Per part: `<model>_<value>_<config>` (e.g. tiny_request_s_b1_symbolic),
+    `encoder_<value>_<config>`, and the warm start's `<value>_<config>`."""
+    ev = {}
+    if "model" in parts:
+        configs = parts["model"]["configs"]
+        for name, r in configs.items():
+            ev.update({f"{short}_{k}_{name}": v for k, v in r.items() if not isinstance(v, dict)})
+            news = [v for k, v in r.items() if k.startswith("compile_s_b") and k != "compile_s_b1"]
+            ev[f"{short}_new_batch_compile_share_{name}"] = max(news) / r["compile_s_b1"]
+        ev.update(_ratios(short, configs, "steady_ms_b1", "request_s_b1"))
+        if "static" in configs and "steady_ms_b8" in configs["static"]:
+            b8 = configs["symbolic"]["steady_ms_b8"] / configs["static"]["steady_ms_b8"]
+            ev[f"{short}_steady_b8_symbolic_over_static"] = b8
+        ev[f"{short}_same_tokens"] = parts["model"]["same_tokens"]
+    if "encoder" in parts:
+        enc = parts["encoder"]
+        for name, r in enc["configs"].items():
+            ev.update({f"encoder_{k}_{name}": v for k, v in r.items() if not isinstance(v, dict)})
+        ev.update(_ratios("encoder", enc["configs"], "steady_ms", "first_s"))
+        ev.update(encoder_layers=enc["layers"], encoder_max_rel_err=enc["max_rel_err"])
+    for (config, role), run in parts.get("warm", {}).items():
+        if role == "save":
+            continue
+        cold = parts["warm"][(config, "save")]
         ev.update(
             {
                 f"cold_first_s_{config}": cold["first_s"],
-                f"warm_first_s_{config}": warm_run["first_s"],
-                f"warm_over_cold_first_{config}": warm_run["first_s"] / cold["first_s"],
+                f"warm_first_s_{config}": run["first_s"],
+                f"warm_over_cold_first_{config}": run["first_s"] / cold["first_s"],
                 f"cold_process_s_{config}": cold["process_s"],
-                f"warm_process_s_{config}": warm_run["process_s"],
-                f"warm_same_tokens_{config}": warm_run["tokens"] == cold["tokens"],
-                f"warm_fxgraph_cache_miss_{config}": warm_run["inductor"].get(
-                    "fxgraph_cache_miss", 0
-                ),
-                f"warm_fxgraph_cache_hit_{config}": warm_run["inductor"].get(
-                    "fxgraph_cache_hit", 0
-                ),
+                f"warm_process_s_{config}": run["process_s"],
+                f"warm_same_tokens_{config}": run["tokens"] == cold["tokens"],
+                f"warm_fxgraph_cache_miss_{config}": run["inductor"].get("fxgraph_cache_miss", 0),
+                f"warm_fxgraph_cache_hit_{config}": run["inductor"].get("fxgraph_cache_hit", 0),
                 f"artifact_mb_{config}": cold["artifact_mb"],
             }
         )
@@ -266,52 +292,66 @@ def evidence(tiny: dict, enc: dict, warm: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        child(*argv[1:4])
+        child(*argv[1:8])
         return 0
-    args = harness.parser(__doc__, device=False).parse_args(argv)
-    run = harness.Run(
-        "compile_cost",
-        "cpu",
-        args,
-        model="tiny (built-in default) and the real 3.3 encoder shapes, random weights, fp32",
-    )
+    parser = harness.parser(__doc__)
+    parser.add_argument("--model", default="tiny", choices=MODELS)
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, help="default: all")
+    args = parser.parse_args(argv)
+    device, dtype = harness.device_of(args), harness.dtype_of(args)
+    what = model_note(args.model, dtype)
+    if "encoder" in args.parts:
+        what += " and the real 3.3 encoder shapes (random weights)"
+    run = harness.Run("compile_cost", harness.scope_of(device, args.model), args, model=what)
     torch.set_grad_enabled(False)
     torch.compile(lambda x: x * 2)(torch.ones(2))  # the one-time start-up of the compiler
     reps = (2, 3, 1.0) if args.quick else (5, 15, 4.0)
-    steps = {"tiny": 400, "encoder": 500, "warm_start": 400}
-    progress = harness.Progress("compile_cost", steps)
+    steps = {"model": 400, "encoder": 500, "warm": 400}
+    progress = harness.Progress("compile_cost", {p: steps[p] for p in args.parts})
+    parts, short = {}, args.model.removeprefix("3.3-")
     with tempfile.TemporaryDirectory(prefix="compile_cost-") as tmp:
         tmp = Path(tmp)
-        tiny = tiny_configs(tmp, reps)
-        progress.done("tiny")
-        enc = encoder_configs(tmp, reps, 4 if args.quick else 16)
-        progress.done("encoder")
-        warm = warm_start(tmp, args.threads)
-        progress.done("warm_start")
+        if "model" in args.parts:
+            fm = _model(args.model, device, dtype, tmp / "model")
+            parts["model"] = model_configs(args, fm, tmp, reps)
+            del fm
+            progress.done("model")
+        if "encoder" in args.parts:
+            parts["encoder"] = encoder_configs(args, tmp, reps, 2 if args.quick else 16)
+            progress.done("encoder")
+        if "warm" in args.parts:
+            parts["warm"] = warm_start(args, tmp)
+            progress.done("warm")
     rows = [
         {"part": part, "config": name, **{k: v for k, v in r.items() if not isinstance(v, dict)}}
-        for part, configs in (("tiny", tiny["configs"]), ("encoder", enc["configs"]))
-        for name, r in configs.items()
+        for part in ("model", "encoder")
+        for name, r in parts.get(part, {}).get("configs", {}).items()
     ]
     rows += [
-        {"part": "warm_start", "config": config, "process": role, **r}
-        for (config, role), r in warm.items()
+        {"part": "warm", "config": config, "process": role, **r}
+        for (config, role), r in parts.get("warm", {}).items()
+    ]
+    ev = evidence(short, parts)
+    headline = [
+        "warm_over_cold_first_symbolic",
+        "warm_over_cold_first_regional",
+        f"{short}_new_batch_compile_share_symbolic",
+        f"{short}_steady_symbolic_over_static",
     ]
     run.write(
         what=f"{AUDIO_S} s clips, {NEW_TOKENS} new tokens; cold = empty Inductor cache",
         rows=rows,
-        evidence=evidence(tiny, enc, warm),
-        not_measured={
+        evidence=ev,
+        parts=args.parts,
+        not_measured={}
+        if harness.gpu_only(device)
+        else {
             "gpu": "no GPU was lent to this work: the GPU targets (3.3-8b, bf16: cold first "
             "request, each further batch size, a warm process's first request, the decode "
             "step in CUDA graphs) are unmeasured"
         },
-        headline=[
-            "warm_over_cold_first_symbolic",
-            "warm_over_cold_first_regional",
-            "tiny_new_batch_compile_share_symbolic",
-            "tiny_steady_symbolic_over_static",
-        ],
+        headline=[k for k in headline if k in ev],
         steps_s=progress.seconds,
     )
     return 0

@@ -49,9 +49,13 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 # ----- command line, scope, run file ---------------------------------------------------------
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # --dtype
 
-def parser(doc: str | None, device: bool = True) -> argparse.ArgumentParser:
-    """--out and --quick, which every experiment takes, and --device where it can choose."""
+
+def parser(doc: str | None, device: bool = True, dtype: bool = True) -> argparse.ArgumentParser:
+    """What every experiment takes (--out, --quick, --threads, --replace-clean,
+    --compile-cache), --device where it can choose, and --dtype where it runs one dtype (parity
+    runs each of its own)."""
     p = argparse.ArgumentParser(
         description=(doc or "").split("\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
@@ -74,8 +78,20 @@ def parser(doc: str | None, device: bool = True) -> argparse.ArgumentParser:
         help="write a flagged run over a clean run file of the same scope (refused otherwise: "
         f"it goes to {REFUSED.relative_to(REPO)}/)",
     )
+    p.add_argument(
+        "--compile-cache",
+        type=Path,
+        help="Inductor's cache directory, shared with other runs (default: a fresh one per "
+        "run, so every compile is cold); for smoke runs, e.g. the test suite's",
+    )
     if device:
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    if dtype:
+        p.add_argument(
+            "--dtype",
+            choices=list(DTYPES),
+            help="weights and activations (default: bfloat16 on a GPU, float32 on a CPU)",
+        )
     return p
 
 
@@ -86,9 +102,34 @@ def _positive(text: str) -> int:
 
 
 def device_of(args: argparse.Namespace) -> torch.device:
-    if args.device == "auto":
+    """--device ("auto": a GPU if there is one); a script without --device runs on the CPU."""
+    device = getattr(args, "device", "cpu")
+    if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(args.device)
+    return torch.device(device)
+
+
+def gpu_only(device: torch.device) -> bool:
+    """The one switch for what only a GPU runs: CUDA graphs (`reduce-overhead`), CUDA timing,
+    memory and kernel profiles. The rest (dtypes, casts, modes, stages) is the same code on a
+    CPU, where the test suite runs it in bf16."""
+    return device.type == "cuda"
+
+
+def dtype_of(args: argparse.Namespace) -> torch.dtype:
+    """--dtype, else bf16 on a GPU and fp32 on a CPU."""
+    if getattr(args, "dtype", None):
+        return DTYPES[args.dtype]
+    return torch.bfloat16 if device_of(args).type == "cuda" else torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def compile_cache(args: argparse.Namespace, fresh: Path) -> None:
+    """Point Inductor's cache at --compile-cache, else at `fresh` (an empty directory)."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(args.compile_cache or fresh)
 
 
 def scope_of(device: torch.device, model: str = "tiny") -> str:
@@ -107,6 +148,10 @@ class Run:
         self.threads_from = "--threads" if getattr(args, "threads", None) else "default"
         torch.set_num_threads(getattr(args, "threads", None) or THREADS)
         self.replace_clean = bool(getattr(args, "replace_clean", False))
+        self.dtype = dtype_name(dtype_of(args)) if "dtype" in args else None
+        self.compile_cache = (
+            str(args.compile_cache) if getattr(args, "compile_cache", None) else None
+        )
         self.out = args.out or (SCRATCH if self.quick else RESULTS)
         self.provenance = provenance()
         self.load_start = os.getloadavg()
@@ -132,6 +177,8 @@ class Run:
             "scope": self.scope,
             "model": self.model,
             "quick": self.quick,
+            "dtype": self.dtype,
+            "compile_cache": self.compile_cache,  # None: fresh, every compile cold
             "runtime_s": round(runtime, 1),
             "provenance": self.provenance,
             "conditions": {"threads_from": self.threads_from, **conditions},

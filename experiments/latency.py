@@ -2,20 +2,19 @@
 
     python -m experiments.latency                     # CPU: the built-in `tiny` variant, fp32
     python -m experiments.latency --device cuda --model 3.3-8b    # a GPU: bf16
-    python -m experiments.latency --quick             # one workload, few tokens
+    python -m experiments.latency --quick --dtype bfloat16       # one workload, few tokens
 
 The modes and stages are described in experiments/modes.py; all modes run on the same random
 weights in one process. Per workload (audio seconds x batch): the first and second e2e call of
 every mode (cold compile: a fresh Inductor cache per run), peak memory, then every stage of
 every mode timed round robin. Greedy decoding with EOS disabled, so every mode makes exactly
 `new_tokens` tokens. Also: the memory-bandwidth floor of a batch-1 decode step, and on CPU the
-real 3.3 encoder + projector shapes eagerly (HF vs FMS). Ablations and the profile of the
-compiled regions are their own scripts (ablate_*.py, profile_regions.py).
+real 3.3 encoder + projector shapes eagerly (HF vs FMS). All in `--dtype`. Ablations and the
+profile of the compiled regions are their own scripts (ablate_*.py, profile_regions.py).
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +24,14 @@ import torch
 
 from experiments import harness
 from experiments.models import MODELS, build_models, in_memory_models, model_note
-from experiments.modes import MODE_NOTES, STAGE_NOTES, fms_inputs, make_workload, modes_for
+from experiments.modes import (
+    MODE_NOTES,
+    STAGE_NOTES,
+    encoder_input,
+    fms_inputs,
+    make_workload,
+    modes_for,
+)
 
 
 @dataclass
@@ -44,7 +50,7 @@ SETTINGS = {
         [3],
     ),
     ("cpu", True): Settings(
-        [(3, 1)], 8, {"stage": (2, 3, 0.5), "e2e": (2, 3, 1.0), "decode": (1, 1, 0.0)}, [3]
+        [(1, 1)], 4, {"stage": (1, 2, 0.2), "e2e": (1, 2, 0.5), "decode": (1, 1, 0.0)}, [1]
     ),
     ("cuda", False): Settings(
         [(10, 1), (3, 1), (30, 1), (10, 4)],
@@ -95,8 +101,8 @@ def agreement(tokens: dict[str, list[list[int]]]) -> dict[str, float]:
     return {mode: float((np.asarray(t) == ref).mean()) for mode, t in tokens.items()}
 
 
-def real_encoder_rows(seconds: list[float], reps: dict, device) -> list[dict]:
-    """Encoder and projector at the 3.3 shapes (random weights), HF vs FMS, eager, fp32."""
+def real_encoder_rows(seconds: list[float], reps: dict, device, dtype) -> list[dict]:
+    """Encoder and projector at the 3.3 shapes (random weights), HF vs FMS, eager."""
     from transformers import GraniteSpeechFeatureExtractor
 
     from granite_fms.testing import tiny_hf_config, variant_hf_config
@@ -108,13 +114,13 @@ def real_encoder_rows(seconds: list[float], reps: dict, device) -> list[dict]:
         projector_config=real.projector_config.to_dict(),
         has_lora_adapter=False,
     )
-    hf, fm = in_memory_models(config, device, torch.float32)
+    hf, fm = in_memory_models(config, device, dtype)
     rows = []
     for audio_s in seconds:
         w = make_workload(fm, audio_s, 1, 0)
         feats, _, _, _ = fms_inputs(fm, w)
-        x, mask = feats.input_features, feats.input_features_mask
-        hx = GraniteSpeechFeatureExtractor()(w.waves)["input_features"]
+        x, mask = encoder_input(fm, feats.input_features), feats.input_features_mask
+        hx = GraniteSpeechFeatureExtractor()(w.waves)["input_features"].to(device, dtype)
         enc, henc = fm.encoder(x, mask), hf.model.encoder(hx).last_hidden_state
         r = reps["stage"]
         tasks = {
@@ -149,8 +155,8 @@ def decode_floor(fm, device) -> dict:
     }
 
 
-def best_compiled(device_type: str) -> str:
-    return "fms_compiled_cudagraphs" if device_type == "cuda" else "fms_compiled"
+def best_compiled(device) -> str:
+    return "fms_compiled_cudagraphs" if harness.gpu_only(device) else "fms_compiled"
 
 
 def speedups(e2e: dict[str, dict | None], best: str) -> dict:
@@ -167,12 +173,12 @@ def speedups(e2e: dict[str, dict | None], best: str) -> dict:
     return out
 
 
-def evidence_of(rows: list[dict], floor: dict, agree: dict, device_type: str) -> dict:
+def evidence_of(rows: list[dict], floor: dict, agree: dict, device) -> dict:
     """Flat values the docs quote: per workload L and mode m, e2e_ms_m_L, first_call_s_m_L,
     e2e_speedup_vs_hf_eager_L (and its spread); at the target workload (the first) also the
     stages, the speed-ups (and spreads) without suffix, decode tokens/s, the floor ratio and the
     warm-up."""
-    best = best_compiled(device_type)
+    best = best_compiled(device)
 
     def e2e_of(label: str) -> dict[str, dict | None]:
         audio_s, batch = float(label.split("s_b")[0]), int(label.split("s_b")[1])
@@ -251,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         s.workloads = [
             (float(a), int(b)) for a, b in (x.lower().split("x") for x in args.workloads)
         ]
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = harness.dtype_of(args)
     scope = harness.scope_of(device, args.model)
-    run = harness.Run("latency", scope, args, model=model_note(args.model, device))
+    run = harness.Run("latency", scope, args, model=model_note(args.model, dtype))
     torch.set_grad_enabled(False)
     labels = [f"{a:g}s_b{b}" for a, b in s.workloads]
     steps = {"models": EXPECTED_S["models"], **{k: EXPECTED_S.get(k, 60) for k in labels}}
@@ -262,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     steps["floor"] = EXPECTED_S["floor"]
     progress = harness.Progress("latency", steps)
     with tempfile.TemporaryDirectory(prefix="latency-") as tmp:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")  # cold compiles
+        harness.compile_cache(args, Path(tmp) / "inductor")  # default: cold compiles
         hf, fm = build_models(args.model, device, dtype, Path(tmp))
         modes = modes_for(hf, fm, device)
         progress.done("models")
@@ -274,11 +280,11 @@ def main(argv: list[str] | None = None) -> int:
             agree[label] = agreement(tokens)
             progress.done(label)
         if "real_encoder" in steps:
-            rows += real_encoder_rows(s.real_encoder_seconds, s.reps, device)
+            rows += real_encoder_rows(s.real_encoder_seconds, s.reps, device, dtype)
             progress.done("real_encoder")
         floor = decode_floor(fm, device)
         progress.done("floor")
-    ev = evidence_of(rows, floor, agree, device.type)
+    ev = evidence_of(rows, floor, agree, device)
     targets = [
         {
             "key": k,

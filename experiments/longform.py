@@ -2,7 +2,8 @@
 
     python -m experiments.longform [--quick] [--repeats 3] [--reps 5] [--threads 1]
 
-On the built-in default (`tiny` variant, random weights, `word_tokenizer`), eager, on CPU:
+On the built-in default (`tiny` variant, random weights, `word_tokenizer`), eager, on CPU, in
+`--dtype` (default fp32):
 
 * one long recording (the espeak-ng fixtures with pauses and a silence, `tests/helpers.py`'s
   `long_recording`, `--repeats` sentence rounds per half) transcribed by
@@ -35,7 +36,8 @@ import torch
 
 from experiments import harness
 
-MODEL = "tiny (built-in default variant, random weights, word_tokenizer), fp32, eager"
+MODEL = "tiny (built-in default variant, random weights, word_tokenizer), {dtype}, eager"
+CLI_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16"}  # granite-fms --default_dtype
 
 
 def batching(pipe, wave: torch.Tensor, rate: int, reps: int) -> tuple[list[dict], dict]:
@@ -82,7 +84,7 @@ def batching(pipe, wave: torch.Tensor, rate: int, reps: int) -> tuple[list[dict]
     return rows, ev
 
 
-def cli_run(wave: torch.Tensor, rate: int, clips: list[Path], tmp: Path) -> dict:
+def cli_run(wave: torch.Tensor, rate: int, clips: list[Path], tmp: Path, dtype) -> dict:
     """`granite-fms transcribe DIR --variant tiny` on the recording and the short clips."""
     import granite_fms_cli
 
@@ -93,6 +95,7 @@ def cli_run(wave: torch.Tensor, rate: int, clips: list[Path], tmp: Path) -> dict
         shutil.copy(clip, folder / clip.name)
     out = tmp / "rows.jsonl"
     argv = ["transcribe", str(folder), "--variant", "tiny", "--device_type", "cpu"]
+    argv += ["--default_dtype", CLI_DTYPES[dtype]]
     argv += ["--output_format", "jsonl", "--output", str(out), "--no-verbose"]
     start = time.perf_counter()
     if (code := granite_fms_cli.main(argv)) != 0:
@@ -102,7 +105,7 @@ def cli_run(wave: torch.Tensor, rate: int, clips: list[Path], tmp: Path) -> dict
     batches = {r["timing"]["batch"]: r["timing"]["wall_s"] for r in rows}
     audio = sum(r["duration"] for r in rows)
     return {
-        "cli_command": " ".join(["granite-fms", "transcribe", "DIR", *argv[2:6], *argv[6:8]]),
+        "cli_command": " ".join(["granite-fms", "transcribe", "DIR", *argv[2:10]]),
         "cli_clips": len(rows),
         "cli_audio_s": audio,
         "cli_batches": len(batches),
@@ -119,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.set_defaults(threads=1)
     args = parser.parse_args(argv)
     if args.quick:
-        args.repeats, args.reps = 1, 2
-    run = harness.Run("longform", "cpu", args, model=MODEL)
+        args.repeats, args.reps = 2, 1  # two windows: the least that batching changes
+    dtype = harness.dtype_of(args)
+    run = harness.Run("longform", "cpu", args, model=MODEL.format(dtype=CLI_DTYPES[dtype]))
     sys.path.insert(0, str(harness.REPO / "tests"))  # the fixture recordings and their helper
     from granite_fms.app.demo import random_pipeline
     from helpers import DATA, RATE, SENTENCES, long_recording
@@ -129,12 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     # Random weights run every window to its budget: one warning per window says nothing here.
     logging.getLogger("granite_fms.pipeline").setLevel(logging.ERROR)
     progress = harness.Progress("longform", {"batching": 30 * args.reps, "cli": 15})
-    pipe = random_pipeline("tiny")
+    pipe = random_pipeline("tiny", dtype=dtype)
     wave, _ = long_recording(repeats=args.repeats)
     rows, ev = batching(pipe, wave, RATE, args.reps)
     progress.done("batching")
     with tempfile.TemporaryDirectory(prefix="longform-") as tmp:
-        ev.update(cli_run(wave, RATE, [DATA / name for name in SENTENCES], Path(tmp)))
+        ev.update(cli_run(wave, RATE, [DATA / name for name in SENTENCES], Path(tmp), dtype))
     progress.done("cli")
     run.write(
         what="SpeechPipeline.transcribe of one long recording, all windows per call vs one; "

@@ -8,8 +8,8 @@ always hold the same random weights.
 
 from __future__ import annotations
 
+import argparse
 import functools
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,13 +81,14 @@ def in_memory_models(hf_config, device, dtype, lora_rank: int = 0, lora_alpha: f
 
 @dataclass
 class Bench:
-    """Models on a device, the target workload (10 s, batch 1; --quick: 3 s) and repetitions."""
+    """Models on a device, the target workload (10 s, batch 1; --quick: 1 s) and repetitions."""
 
     device: torch.device
     hf: object
     fm: object
     workload: Workload
     reps: dict
+    args: argparse.Namespace  # the script's own options too (run_bench's `options`)
 
     @functools.cached_property
     def generator(self):
@@ -107,25 +108,26 @@ def bench_parser(doc: str | None):
 
 
 def bench(args, tmp: Path) -> Bench:
-    """Build the models of `args.model` (fp32 on CPU, bf16 on a GPU); compiles are cold."""
+    """Build the models of `args.model` in `--dtype`; compiles are cold (unless
+    --compile-cache). --quick: a 1 s clip, 4 new tokens, one or two timed calls."""
     device = harness.device_of(args)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "inductor")
+    harness.compile_cache(args, tmp / "inductor")
     torch.set_grad_enabled(False)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    hf, fm = build_models(args.model, device, dtype, tmp)
-    tokens = 8 if args.quick else (128 if device.type == "cuda" else 32)
+    hf, fm = build_models(args.model, device, harness.dtype_of(args), tmp)
+    tokens = 4 if args.quick else (128 if device.type == "cuda" else 32)
     reps = (
-        {"stage": (2, 3, 0.5), "decode": (1, 1, 0.0)}
+        {"stage": (1, 2, 0.2), "decode": (1, 1, 0.0)}
         if args.quick
         else {"stage": (3, 15, 1.5), "decode": (2, 3, 2.0)}
     )
-    return Bench(device, hf, fm, make_workload(fm, 3 if args.quick else 10, 1, tokens), reps)
+    workload = make_workload(fm, 1 if args.quick else 10, 1, tokens)
+    return Bench(device, hf, fm, workload, reps, args)
 
 
-def model_note(name: str, device: torch.device) -> str:
-    dtype = "bf16" if device.type == "cuda" else "fp32"
+def model_note(name: str, dtype: torch.dtype) -> str:
+    short = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
     weights = "built-in default variant, random weights" if name == "tiny" else "random weights"
-    return f"{name} ({weights}, {dtype})"
+    return f"{name} ({weights}, {short})"
 
 
 def variant_rows(summaries: dict[str, dict]) -> list[dict]:
@@ -139,16 +141,21 @@ def run_bench(
     argv,
     measure: Callable[[Bench], dict],
     expected_s: float = 60,
+    options: Callable[[argparse.ArgumentParser], None] | None = None,
     **about,
 ) -> int:
-    """The main() of an ablation or profile script: arguments (harness.parser + --model),
-    the models, `measure(bench)` -> rows, evidence and anything else for the run file, which
-    also gets the target workload and `about` (what, headline). `expected_s`: the seconds
-    `measure` takes on 2 unloaded cores, for the progress estimate."""
-    args = bench_parser(doc).parse_args(argv)
+    """The main() of an ablation or profile script: arguments (harness.parser + --model, and
+    the script's own that `options(parser)` adds), the models, `measure(bench)` -> rows,
+    evidence and anything else for the run file, which also gets the target workload and
+    `about` (what, headline). `expected_s`: the seconds `measure` takes on 2 unloaded cores,
+    for the progress estimate."""
+    parser = bench_parser(doc)
+    if options is not None:
+        options(parser)
+    args = parser.parse_args(argv)
     device = harness.device_of(args)
     scope = harness.scope_of(device, args.model)
-    run = harness.Run(experiment, scope, args, model=model_note(args.model, device))
+    run = harness.Run(experiment, scope, args, model=model_note(args.model, harness.dtype_of(args)))
     progress = harness.Progress(experiment, {"models": 15, "measure": expected_s})
     with tempfile.TemporaryDirectory(prefix=f"{experiment}-") as tmp:
         b = bench(args, Path(tmp))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from experiments.harness import Stamps, Task, timed
+from experiments.harness import Stamps, Task, gpu_only, timed
 
 SAMPLE_RATE = 16000
 PROMPT_PREFIX, PROMPT_SUFFIX = 12, 8  # text tokens around the audio placeholder
@@ -88,6 +88,12 @@ def expand(prompt: list[int], audio_id: int, count: int) -> torch.Tensor:
     return GraniteSpeechProcessor.expand_audio_token_ids(prompt, audio_id, int(count))
 
 
+def encoder_input(fm, features: torch.Tensor) -> torch.Tensor:
+    """Features in the encoder's dtype, as `GraniteSpeech.audio_embeddings` casts them, for
+    calls of the encoder itself (features are fp32, the weights fp32 or bf16)."""
+    return features.to(fm.encoder.input_linear.weight.dtype)
+
+
 def fms_inputs(fm, w: Workload):
     """Features, expanded prompt rows, and the padded ids + padding kwargs of FMS's generate."""
     from fms.utils.generation import pad_input_ids
@@ -105,6 +111,14 @@ def generate_tokens(gen, rows: list[torch.Tensor], feats, new_tokens: int, **opt
     """New token ids per row from `Generator.generate` (`options` passed on): the one place in
     experiments/ that calls it and reads what it returns."""
     return [g.tokens for g in gen.generate(rows, feats, max_new_tokens=new_tokens, **options)]
+
+
+def token_agreement(reference: list[list[int]], other: list[list[int]]) -> float:
+    """Fraction of new tokens equal to the reference's, row by row."""
+    same = [
+        a == b for ra, rb in zip(reference, other, strict=True) for a, b in zip(ra, rb, strict=True)
+    ]
+    return sum(same) / len(same)
 
 
 # ----- the modes ----------------------------------------------------------------------------
@@ -133,9 +147,9 @@ def hf_mode(hf, w: Workload, compiled: bool, reps: dict) -> ModeSetup:
     kwargs: dict = dict(
         max_new_tokens=w.new_tokens, min_new_tokens=w.new_tokens, do_sample=False, pad_token_id=0
     )
-    if compiled:
-        config = CompileConfig() if device.type == "cuda" else CompileConfig(mode="default")
-        config._compile_all_devices = device.type != "cuda"  # HF compiles on accelerators only
+    if compiled:  # HF's default mode is reduce-overhead (CUDA graphs)
+        config = CompileConfig() if gpu_only(device) else CompileConfig(mode="default")
+        config._compile_all_devices = not gpu_only(device)  # HF compiles on accelerators only
         kwargs.update(cache_implementation="static", compile_config=config)
 
     def e2e(processors=None) -> list[list[int]]:
@@ -263,6 +277,16 @@ def decode_step_inputs(gen, w: Workload):
     return p, (token, p.position_ids[:, -1:] + 1, p.cache, slot, p.key_valid)
 
 
+def prefill_logits(gen, p) -> torch.Tensor:
+    """The prefill's last-position logits (fp32) of a prepared request with audio, adapter on:
+    the audio region, the merge, the prefill region."""
+    gen.model.start_request(True)
+    audio = gen.encode(p.features, p.frame_mask)
+    embeds = gen.model.merge_audio(p.input_ids, audio, p.frame_mask)
+    positions = torch.arange(p.prompt_len, device=gen.device)
+    return gen.prefill(embeds, p.position_ids, p.cache, positions, p.key_valid).float()
+
+
 def fms_mode(pipe, w: Workload, reps: dict) -> ModeSetup:
     """`SpeechPipeline.generate_ids` through its Generator: uncompiled or compiled."""
     from granite_fms.audio.features import GraniteSpeechFeatureExtractor
@@ -300,8 +324,7 @@ def fms_mode(pipe, w: Workload, reps: dict) -> ModeSetup:
             "e2e": Task(e2e, reps["e2e"]),
         }
         if gen.config is None:  # eager: the modules, one by one
-            # fp32 features in the encoder's dtype, as `GraniteSpeech.audio_embeddings` casts
-            x, mask = p.features.to(fm.encoder.input_linear.weight.dtype), p.frame_mask
+            x, mask = encoder_input(fm, p.features), p.frame_mask
             enc = fm.encoder(x, mask)
             proj = fm.projector(enc)
             tasks["encoder"] = Task(lambda: fm.encoder(x, mask), r)
@@ -323,7 +346,7 @@ def modes_for(hf, fm, device: torch.device) -> dict[str, Callable[[Workload, dic
         "fms_eager": lambda w, reps: fms_mode(eager, w, reps),
     }
     plain = SpeechPipeline(fm).compile(mode="default")
-    if device.type == "cuda":
+    if gpu_only(device):
         graphs = SpeechPipeline(fm).compile()  # reduce-overhead: decode in CUDA graphs
         # The two modes differ only in the decode step: share the audio and prefill graphs.
         plain.generator.encode = graphs.generator.encode

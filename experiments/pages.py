@@ -136,12 +136,19 @@ def flag_note(run: dict) -> str | None:
     return f"flagged: {'; '.join(c['reasons'])}" if c["flagged"] else None
 
 
+NOT_THIS_TREE = (
+    "historical run, not measured on this tree (`python -m experiments.gpu_suite` measures it)"
+)
+
+
 def where(run: dict) -> dict:
     """For templates: `where` (one line), `machine`, `model`, `date`, `code`, `workload`,
     and `flagged` (the warning of a flagged run, else an empty string)."""
     date, code = run["provenance"]["date_utc"][:10], code_state(run)
     note = flag_note(run)
     line = f"{machine(run)}, {run['model']}, {date}, commit {code}"
+    if run.get("imported"):
+        line += f" ({NOT_THIS_TREE})"
     workload = run.get("workload") or (run.get("evidence") or {}).get("target_workload", "-")
     return dict(
         where=line + (f" (**{note}**)" if note else ""),
@@ -202,6 +209,8 @@ def run_header(run: dict, title: str | None = None) -> list[str]:
             + ". Rerun on a quieter machine; `nox -s check` compares a new run with it.",
             "",
         ]
+    if run.get("imported"):
+        lines += [f"**{NOT_THIS_TREE[0].upper()}{NOT_THIS_TREE[1:]}.**", ""]
     if run.get("not_measured"):
         lines += [f"- not measured, `{k}`: {why}" for k, why in run["not_measured"].items()] + [""]
     return lines
@@ -365,7 +374,8 @@ def latency_lines(run: dict) -> list[str]:
         ]
     real = [r for r in run["rows"] if r.get("model") == "3.3 encoder+projector"]
     if real:
-        lines += ["### Real 3.3 encoder + projector shapes, eager, fp32", ""]
+        dtype = run.get("dtype") or "float32"
+        lines += [f"### Real 3.3 encoder + projector shapes, eager, {dtype}", ""]
         lines += columns([{**r, "ms": cell(r)} for r in real], ["audio_s", "mode", "stage", "ms"])
     f = run["bandwidth_floor"]
     lines += [

@@ -491,7 +491,7 @@ def evidence_of(rows, generation, conditioning, failures) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = harness.parser(__doc__, device=False)
+    parser = harness.parser(__doc__, device=False, dtype=False)  # every dtype, each its rows
     parser.add_argument("--full", action="store_true", help="every length, bf16 in full")
     names = [c.name for c in CASES + CTC_CASES]
     parser.add_argument("--configs", nargs="+", choices=names, default=names)
