@@ -36,7 +36,7 @@ def measure(run: dict, args, device: torch.device) -> dict[str, dict]:
     """e2e summaries of the headline modes on the committed run's target workload."""
     s = run["settings"]
     (audio_s, batch), reps = s["workloads"][0], tuple(s["reps"]["e2e"])
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = harness.dtype_of(args)
     torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory(prefix="check-") as tmp:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")
@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against", type=Path, help="a latency run file (default: committed)")
     threads = next(a for a in parser._actions if a.dest == "threads")
     threads.help = "torch threads (default: the committed run's, for like with like)"
+    dtype = next(a for a in parser._actions if a.dest == "dtype")
+    dtype.help = "the models' dtype (default: the committed run's)"
     args = parser.parse_args(argv)
     device = harness.device_of(args)
     scope = harness.scope_of(device, args.model)
@@ -158,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     committed_threads = harness.conditions_of(old)["threads"]
     chosen = args.threads
     args.threads = args.threads or committed_threads
+    # like with like: the committed run's dtype (files before --dtype: the device's default)
+    args.dtype = args.dtype or old.get("dtype") or harness.dtype_name(harness.dtype_of(args))
     args.out = args.out or harness.SCRATCH
-    run = harness.Run("check", scope, args, model=model_note(args.model, device))
+    run = harness.Run("check", scope, args, model=model_note(args.model, harness.dtype_of(args)))
     run.threads_from = "--threads" if chosen else "the committed run's"
     summaries = measure(old, args, device)
     new = speedups(summaries, best_compiled(device.type))

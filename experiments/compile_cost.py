@@ -11,7 +11,7 @@ static shapes, symbolic shapes and regional compilation, and what the steady sta
    size (3, 8, 32), each with the seconds its compiles took (`Generator.compiles`, logged per
    graph); then the steady state at batch 1 and 8, all three timed round robin.
 2. `encoder`: the real 3.3 encoder shapes (16 conformer blocks of width 1024 and the
-   projector, random weights; --quick: 2 blocks) as one region, the same three
+   projector, random weights; --quick: 1 block) as one region, the same three
    configurations: the first call on a 10 s clip (cold), then a 20 s batch of 2 (new shapes),
    then the steady state on the 10 s clip, round robin.
 3. `warm`: warm start, the same three configurations: a process compiles cold, runs the first
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             del fm
             progress.done("model")
         if "encoder" in args.parts:
-            parts["encoder"] = encoder_configs(args, tmp, reps, 2 if args.quick else 16)
+            parts["encoder"] = encoder_configs(args, tmp, reps, 1 if args.quick else 16)
             progress.done("encoder")
         if "warm" in args.parts:
             parts["warm"] = warm_start(args, tmp)

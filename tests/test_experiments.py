@@ -69,6 +69,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[int, str, Path]]:
     worker += [*PARITY, *shared, "--out", str(out)]
     with ThreadPoolExecutor(2) as pool:
         (code, suite_log), (_, worker_log) = pool.map(_start, [suite, worker])
+    (out / "worker.log").write_text(worker_log)  # with the run files, for a failure's story
     result = {"gpu_suite": (code, suite_log[-6000:], suite_out), "worker": (0, worker_log, out)}
     # the worker's log, cut after each script's `experiments_worker: NAME CODE` line
     parts = re.split(r"^experiments_worker: (\w+) (\d+)$", worker_log, flags=re.M)
