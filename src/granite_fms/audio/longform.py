@@ -117,6 +117,10 @@ class LongFormOptions:
         if not isinstance(self.return_segments, bool):
             raise TypeError(f"return_segments must be a bool, got {self.return_segments!r}")
 
+    def output(self, results: list[Transcript]) -> list[str] | list[Transcript]:
+        """The results as asked: each clip's `Transcript`, or its text."""
+        return results if self.return_segments else [r["text"] for r in results]
+
 
 def check_chunk_length(chunk_length: float) -> None:
     if not is_number(chunk_length):
@@ -347,6 +351,27 @@ def batched(
     return out
 
 
+def decode(
+    waves: Sequence[torch.Tensor],
+    options: LongFormOptions,
+    generate: Callable[[list[torch.Tensor], tuple[int, ...]], list[T]],
+    *,
+    fit: ContextFit | None = None,
+    max_new_tokens: int | None = None,
+    audio_tokens: Callable[[int], int] | None = None,
+    progress: Progress | None = None,
+    sample_rate: int = 16000,
+) -> tuple[list[list[Window]], list[int], list[T]]:
+    """Each wave's windows (`split`, at most `fit.chunk_length` if fitted, else the options'),
+    every window's budget (`jobs`) and, in window order, `generate`'s result for it
+    (`batched`)."""
+    chunk = options.chunk_length if fit is None else fit.chunk_length
+    plans = [split(w, chunk, options.segmentation, sample_rate) for w in waves]
+    pieces, budgets = jobs(waves, plans, sample_rate, max_new_tokens, fit, audio_tokens)
+    out = batched(pieces, budgets, options.batch_size, generate, progress, sample_rate)
+    return plans, budgets, out
+
+
 def transcripts(
     plans: Sequence[Sequence[Window]],
     tokens: Sequence[list[int]],
@@ -401,6 +426,7 @@ __all__ = [
     "Window",
     "batched",
     "budget",
+    "decode",
     "fit_context",
     "fixed_windows",
     "jobs",
