@@ -93,17 +93,10 @@ class SpeechPipeline:
         tokenizer's. `compile`: True or a `CompileConfig`; `distributed_strategy="tp"` shards the
         LLM over a torchrun job's ranks (`load_model`). A Granite Speech 5.0 (CTC) checkpoint
         gives a `CTCPipeline`."""
+        where = dict(dtype=dtype, device=device, distributed_strategy=distributed_strategy)
         if is_granite_speech5(model_dir):
-            return CTCPipeline.from_pretrained(
-                model_dir,
-                dtype=dtype,
-                device=device,
-                compile=compile,
-                distributed_strategy=distributed_strategy,
-            )
-        model = load_model(
-            model_dir, dtype=dtype, device=device, distributed_strategy=distributed_strategy
-        )
+            return CTCPipeline.from_pretrained(model_dir, compile=compile, **where)
+        model = load_model(model_dir, **where)
         processor = GraniteSpeechProcessor.from_pretrained(model_dir)
         pipe = cls(model, processor, eos_token_id=read_eos_token_ids(model_dir))
         if compile is False:
@@ -194,10 +187,7 @@ class SpeechPipeline:
 
     @property
     def _spec(self) -> PromptSpec:
-        text = self.model.config.text_config
-        return PromptSpec(
-            self.audio_token_id, text.src_vocab_size, text.max_expected_seq_len, self.prompts
-        )
+        return PromptSpec.of(self.model.config, self.prompts)
 
     def transcribe(
         self,
@@ -220,8 +210,7 @@ class SpeechPipeline:
     def translate(
         self, audio: Audio, language: str, **options
     ) -> list[str] | list[longform.Transcript]:
-        """Translation of each clip's speech into `language` (e.g. "French"); the options as in
-        `transcribe`."""
+        """Translation of each clip's speech into `language` (e.g. "French"); see `transcribe`."""
         turn = self.prompts.user_turn("translate", language=language, audio_token=self.audio_token)
         return self._long_form(audio, turn, **options)
 
@@ -238,20 +227,13 @@ class SpeechPipeline:
         def generate(batch, budgets):
             return self._run(batch, prompt, replace(generation, max_new_tokens=budgets))
 
+        waves, budget = fe.waveforms(clips), generation.max_new_tokens
         plans, budgets, out = longform.decode(
-            fe.waveforms(clips),
-            options,
-            generate,
-            fit=fit,
-            max_new_tokens=generation.max_new_tokens,
-            audio_tokens=fe.num_audio_tokens,
-            progress=progress,
-            sample_rate=rate,
+            waves, options, generate, fit, budget, fe.num_audio_tokens, progress, rate
         )
-        tokens, finished = [g.tokens for g in out], [g.finished for g in out]
-        texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        texts = tokenizer.batch_decode([g.tokens for g in out], skip_special_tokens=True)
         stops = bool(generation.eos_token_id)
-        results = longform.transcripts(plans, tokens, finished, texts, budgets, rate, stops)
+        results = longform.transcripts(plans, out, texts, budgets, rate, stops)
         for c, result in enumerate(results):
             for warning in result["warnings"]:
                 logger.warning("%s: %s", clip_name(clips[c], c), warning)
@@ -266,8 +248,7 @@ class SpeechPipeline:
     def generate_ids(
         self, audio: Audio | None = None, prompt: Prompt | None = None, **kwargs
     ) -> list[list[int]]:
-        """New token ids for each request, up to (not including) the first EOS; the arguments
-        are `run`'s."""
+        """New token ids of each request, up to (not including) the first EOS; `run`'s arguments."""
         return [g.tokens for g in self.run(audio, prompt, **kwargs)]
 
     @torch.no_grad()
@@ -297,12 +278,7 @@ class SpeechPipeline:
         return out
 
     def _run(
-        self,
-        audio: Audio | None,
-        prompt: Prompt | None,
-        generation: GenerationOptions,
-        prompt_ids: PromptIds | None = None,
-        chat_template: bool = True,
+        self, audio, prompt, generation, prompt_ids=None, chat_template=True
     ) -> list[Generation]:
         """`run` without its warning (long-form results name their cut windows themselves)."""
         features = counts = None

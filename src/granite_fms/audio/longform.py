@@ -25,7 +25,7 @@ exactly as `SpeechPipeline.generate` decodes it.
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypedDict, TypeVar
+from typing import Literal, Protocol, TypedDict, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -355,7 +355,6 @@ def decode(
     waves: Sequence[torch.Tensor],
     options: LongFormOptions,
     generate: Callable[[list[torch.Tensor], tuple[int, ...]], list[T]],
-    *,
     fit: ContextFit | None = None,
     max_new_tokens: int | None = None,
     audio_tokens: Callable[[int], int] | None = None,
@@ -372,17 +371,23 @@ def decode(
     return plans, budgets, out
 
 
+class Decoded(Protocol):
+    """What generation gives for a window: its new tokens and whether they ended with an EOS."""
+
+    tokens: list[int]
+    finished: bool
+
+
 def transcripts(
     plans: Sequence[Sequence[Window]],
-    tokens: Sequence[list[int]],
-    finished: Sequence[bool],
+    decoded: Sequence[Decoded],
     texts: Sequence[str],
     budgets: Sequence[int],
     sample_rate: int,
     stops: bool,
 ) -> list[Transcript]:
     """Each clip's result from its windows (`plans`) and, for the windows of all clips in
-    order, their new tokens, whether each ended with an EOS, their texts and budgets.
+    order, what generation gave (`decoded`), their texts and budgets.
 
     stops: whether generation had an EOS id; without one every row runs its whole budget and
     that is not worth a warning.
@@ -393,8 +398,10 @@ def transcripts(
         warnings: list[str] = []
         for i, window in enumerate(windows):
             start, end = window.start / sample_rate, window.end / sample_rate
-            segments.append(Segment(id=i, start=start, end=end, text=texts[k], tokens=tokens[k]))
-            if stops and not finished[k]:
+            segments.append(
+                Segment(id=i, start=start, end=end, text=texts[k], tokens=decoded[k].tokens)
+            )
+            if stops and not decoded[k].finished:
                 warnings.append(
                     f"segment {i} ({start:.2f}-{end:.2f} s) used its whole budget of {budgets[k]} "
                     "new tokens without an end of text: its text may be cut"
@@ -418,6 +425,7 @@ __all__ = [
     "BATCH_SIZE",
     "SEGMENTATIONS",
     "ContextFit",
+    "Decoded",
     "LongFormOptions",
     "Progress",
     "Segment",

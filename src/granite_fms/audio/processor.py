@@ -18,6 +18,7 @@ from granite_fms.audio.prompts import AUDIO_TOKEN, PromptPreset
 from granite_fms.checks import is_int
 from granite_fms.files import read_json
 from granite_fms.hf.config import read_hf_config
+from granite_fms.models.granite_speech import GraniteSpeechConfig
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +173,12 @@ class PromptSpec:
     vocab_size: int
     max_positions: int
     preset: PromptPreset
+
+    @classmethod
+    def of(cls, config: GraniteSpeechConfig, preset: PromptPreset) -> "PromptSpec":
+        """The spec of a model of `config`, its prompts of `preset`."""
+        text = config.text_config
+        return cls(config.audio_token_index, text.src_vocab_size, text.max_expected_seq_len, preset)
 
 
 class GraniteSpeechProcessor:
