@@ -45,6 +45,7 @@ from granite_fms.inference.options import GenerationOptions, long_form_options, 
 from granite_fms.inference.quantize import is_quantized, quantize_llm
 from granite_fms.models.granite_speech import GraniteSpeech
 from granite_fms.pipeline5 import CTCPipeline
+from granite_fms.pipeline_base import ModelPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ Audio = AudioClip | list[AudioClip]
 
 
 @dataclass
-class SpeechPipeline:
+class SpeechPipeline(ModelPipeline):
     """A `GraniteSpeech` model, its processor (whose tokenizer is optional) and a generator.
 
     eos_token_id: the id(s) that end a row, kept as a tuple; None: the tokenizer's EOS (none
@@ -164,18 +165,6 @@ class SpeechPipeline:
             progress=progress,
         )
         return self
-
-    @property
-    def tokenizer(self):
-        return self.processor.tokenizer
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
 
     @property
     def audio_token_id(self) -> int:

@@ -27,6 +27,7 @@ from granite_fms.inference.compile import CompileConfig, compile_config
 from granite_fms.inference.ctc import Alignment, CTCDecoder, decode_texts
 from granite_fms.inference.options import GenerationOptions, long_form_options
 from granite_fms.models.granite_speech5 import GraniteSpeech5
+from granite_fms.pipeline_base import ModelPipeline
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 _UNSUPPORTED = "Granite Speech 5.0 (CTC) does not support: "
@@ -54,7 +55,7 @@ class CTCProcessor:
 
 
 @dataclass
-class CTCPipeline:
+class CTCPipeline(ModelPipeline):
     """A `GraniteSpeech5` model, its processor and a `CTCDecoder` (eager until `compile()`)."""
 
     model: GraniteSpeech5
@@ -119,18 +120,6 @@ class CTCPipeline:
         """Decode without compiling from now on (the default)."""
         self.decoder = CTCDecoder(self.model)
         return self
-
-    @property
-    def tokenizer(self):
-        return self.processor.tokenizer
-
-    @property
-    def device(self) -> torch.device:
-        return self.decoder.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.head.weight.dtype
 
     @property
     def frame_seconds(self) -> float:

@@ -212,6 +212,16 @@ class GraniteSpeech5(nn.Module):
         self.encoder = GraniteSpeech5Encoder(self.config)
         self.head = nn.Linear(self.config.emb_dim, self.config.src_vocab_size)
 
+    @property
+    def device(self) -> torch.device:
+        """The CTC head's device."""
+        return self.head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The CTC head's dtype."""
+        return self.head.weight.dtype
+
     @classmethod
     def from_config(cls, config: GraniteSpeech5Config) -> "GraniteSpeech5":
         return cls(config)
