@@ -32,11 +32,8 @@ from fms.utils.config import ModelConfig
 
 from granite_fms.checks import check_checkpoint_tensors
 from granite_fms.models.conformer import (
-    ConformerAttention,
     ConformerBlock,
     ConformerConfig,
-    ConformerConvModule,
-    ConformerFeedForward,
     attention_dists,
 )
 
@@ -134,7 +131,7 @@ def halve_mask(frame_mask: torch.Tensor) -> torch.Tensor:
     return pairs.squeeze(1) == 1
 
 
-class SubsamplingBlock(nn.Module):
+class SubsamplingBlock(ConformerBlock):
     """A conformer block that halves the frame rate.
 
     The first half-step FFN and the attention run at the input rate; the conv module's
@@ -143,12 +140,7 @@ class SubsamplingBlock(nn.Module):
     """
 
     def __init__(self, config: ConformerConfig):
-        super().__init__()
-        self.ff1 = ConformerFeedForward(config)
-        self.attn = ConformerAttention(config)
-        self.conv = ConformerConvModule(config, stride=2)
-        self.ff2 = ConformerFeedForward(config)
-        self.post_ln = nn.LayerNorm(config.emb_dim, eps=config.norm_eps)
+        super().__init__(config, stride=2)
 
     def forward(
         self, x: torch.Tensor, frame_mask: torch.Tensor, attention_dists: torch.Tensor
