@@ -2,11 +2,11 @@
 
     windows = split(wave, chunk_length=30.0, segmentation="vad")   # [Window(start, end), ...]
 
-`SpeechPipeline.transcribe` / `translate` run these steps, as `LongFormOptions` say: `split`
-each clip into windows; `jobs`: every window's samples and new-token budget; `batches`: the
-windows of each generation call, the longest first (padding never changes a row, so a batched
-window gets the tokens it gets alone); then the generation loop on each batch; `transcripts`:
-each clip's windows put back together.
+`SpeechPipeline.transcribe` / `translate` (and `CTCPipeline.transcribe`) run these steps, as
+`LongFormOptions` say, through `decode`: `split` each clip into windows; `jobs`: every window's
+samples and new-token budget; `batched`: the model on batches of windows, the longest first
+(padding never changes a row, so a batched window gets the tokens it gets alone). Then
+`transcripts`: each clip's windows put back together.
 
 Two segmentations:
 
