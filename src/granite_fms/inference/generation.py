@@ -556,10 +556,9 @@ class Generator:
         step's cache length follows from `max_new_tokens`), under a progress bar.
 
         Lengths are rounded to the policy's buckets. Default lengths: the policy's audio
-        buckets; with a symbolic frame count a clip that
-        fills one encoder block but for one frame and one over two blocks (what the audio
-        graphs specialise on), and with static shapes also 3 blocks less a frame and 4, 8, 16
-        and 32 s (their prompt buckets).
+        buckets; with a symbolic frame count a clip that fills one encoder block but for one
+        frame and one over two blocks (what the audio graphs specialise on), and with static
+        shapes also 3 blocks less a frame and 4, 8, 16 and 32 s (their prompt buckets).
         """
         block = self.model.config.encoder_config.context_size
         cases = {block - 1, block + block // 2}
