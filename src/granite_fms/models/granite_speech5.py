@@ -42,6 +42,13 @@ logger = logging.getLogger(__name__)
 _TORCH_LAYERS = (nn.Linear, nn.LayerNorm, nn.Conv1d, nn.BatchNorm1d, nn.Embedding)
 
 
+# Settings of `GraniteSpeech5Config` that are `ConformerConfig`'s, with the same name.
+_CONFORMER_SETTINGS = (
+    "emb_dim", "nlayers", "nheads", "head_dim", "context_size", "max_pos_emb", "conv_kernel_size",
+    "conv_expansion_factor", "hidden_grow_factor", "norm_eps", "attn_backend",
+)  # fmt: skip
+
+
 @dataclass
 class GraniteSpeech5Config(ModelConfig):
     """Defaults are granite-speech-5.0-470m-turboctc.
@@ -88,18 +95,8 @@ class GraniteSpeech5Config(ModelConfig):
         """The settings of the blocks shared with 3.x's conformer."""
         return ConformerConfig(
             input_dim=self.input_dim,
-            emb_dim=self.emb_dim,
-            nlayers=self.nlayers,
-            nheads=self.nheads,
-            head_dim=self.head_dim,
             output_dim=self.src_vocab_size,
-            context_size=self.context_size,
-            max_pos_emb=self.max_pos_emb,
-            conv_kernel_size=self.conv_kernel_size,
-            conv_expansion_factor=self.conv_expansion_factor,
-            hidden_grow_factor=self.hidden_grow_factor,
-            norm_eps=self.norm_eps,
-            attn_backend=self.attn_backend,
+            **{name: getattr(self, name) for name in _CONFORMER_SETTINGS},
         )
 
     def check(self) -> None:
