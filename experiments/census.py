@@ -257,11 +257,7 @@ def evidence_of(rows: list[dict], default_limit: int, sweep_calls: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = harness.parser(__doc__, device=False).parse_args(argv)
-    dtype = harness.dtype_of(args)
-    model = f"{graphs.CHECKPOINT}, {harness.dtype_name(dtype)}"
-    run = harness.Run("census", "cpu", args, model=model)
-    default_limit, hits = graphs.configure()
+    args, dtype, run, default_limit, hits = graphs.start("census", __doc__, argv)
     hf, fm, inputs = graphs.census_models(args.quick, dtype)
     regions = hf_regions(hf) + fms_regions(fm)
     if args.quick:

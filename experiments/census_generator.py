@@ -182,11 +182,7 @@ def evidence(results: dict[str, dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from granite_fms.inference.generation import BucketPolicy
 
-    args = harness.parser(__doc__, device=False).parse_args(argv)
-    dtype = harness.dtype_of(args)
-    model = f"{graphs.CHECKPOINT}, {harness.dtype_name(dtype)}"
-    run = harness.Run("census_generator", "cpu", args, model=model)
-    default_limit, hits = graphs.configure()
+    args, dtype, run, default_limit, hits = graphs.start("census_generator", __doc__, argv)
     _, fm, _ = graphs.census_models(args.quick, dtype)
     gen = torch.Generator().manual_seed(0)
     inputs = {

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
+from experiments import harness
 from experiments.harness import REPO
 
 RECOMPILE_LIMIT = 64
@@ -184,6 +185,15 @@ def static_facts(fn: Callable, args: tuple) -> dict:
         "fullgraph_ok": error is None,
         "fullgraph_error": error,
     }
+
+
+def start(name: str, doc: str, argv: list[str] | None):
+    """A census experiment's arguments, dtype and run file (on CPU, of `CHECKPOINT`), and
+    Dynamo configured for counting (`configure`): (args, dtype, run, default limit, hits)."""
+    args = harness.parser(doc, device=False).parse_args(argv)
+    dtype = harness.dtype_of(args)
+    run = harness.Run(name, "cpu", args, model=f"{CHECKPOINT}, {harness.dtype_name(dtype)}")
+    return args, dtype, run, *configure()
 
 
 def configure() -> tuple[int, LimitHits]:

@@ -276,11 +276,17 @@ def run_case(case: Case, size: str, reduced_bf16: bool, progress) -> dict:
             results[name] = run_dtype(case, Path(tmp), name, used, inputs, refs, reduced)
             out["lengths"][name] = used
             progress.done(f"{case.name} {name}")
-    gated = results["fp32"]["batched_vs_alone_max_rel"] <= TOLERANCES["fp32"]
+    return collect(case, results, out)
+
+
+def collect(case, results: dict[str, dict], out: dict) -> dict:
+    """`out` with each dtype's rows and tokens (gated if fp32's batched rows match its lone
+    ones) and the conditions of the case: rounding gain, the gate, the adapter's effect."""
+    fp32 = results["fp32"]
+    gated = fp32["batched_vs_alone_max_rel"] <= TOLERANCES["fp32"]
     for name, result in results.items():
         out["rows"] += stage_rows(case, name, result, gated)
         out["generation"] += result["generation"]
-    fp32 = results["fp32"]
     out["conditioning"] = dict(
         rounding_gain=fp32["rounding_gain"],
         fp32_gated=gated,
@@ -419,20 +425,7 @@ def run_ctc_case(case: CTCCase, size: str, progress) -> dict:
             results[name] = run_ctc_dtype(case, Path(tmp), name, used, inputs, refs)
             out["lengths"][name] = used
             progress.done(f"{case.name} {name}")
-    gated = results["fp32"]["batched_vs_alone_max_rel"] <= TOLERANCES["fp32"]
-    for name, result in results.items():
-        out["rows"] += stage_rows(case, name, result, gated)
-        out["generation"] += result["generation"]
-    out["conditioning"] = dict(
-        rounding_gain=results["fp32"]["rounding_gain"],
-        fp32_gated=gated,
-        lora_effect_min_rel=None,
-        **{
-            f"{d}_batched_vs_alone_max_rel": r["batched_vs_alone_max_rel"]
-            for d, r in results.items()
-        },
-    )
-    return out
+    return collect(case, results, out)
 
 
 def failures_of(rows: list[dict], generation: list[dict], conditioning: dict) -> list[str]:

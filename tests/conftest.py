@@ -100,24 +100,18 @@ def dirs(ckpt_33_untied, tmp_path_factory) -> tuple[Path, Path]:
     return bare, full
 
 
-@pytest.fixture(scope="session")
-def pair_33_untied(ckpt_33_untied):
-    return load_hf_model(ckpt_33_untied), granite_fms.load_model(ckpt_33_untied)
+def _pair(layout: str):
+    """Fixture `pair_<layout>`: checkpoint `ckpt_<layout>` loaded by HF and by FMS."""
+
+    @pytest.fixture(scope="session", name=f"pair_{layout}")
+    def pair(request):
+        path = request.getfixturevalue(f"ckpt_{layout}")
+        return load_hf_model(path), granite_fms.load_model(path)
+
+    return pair
 
 
-@pytest.fixture(scope="session")
-def pair_33(ckpt_33):
-    return load_hf_model(ckpt_33), granite_fms.load_model(ckpt_33)
-
-
-@pytest.fixture(scope="session")
-def pair_4x(ckpt_4x):
-    return load_hf_model(ckpt_4x), granite_fms.load_model(ckpt_4x)
-
-
-@pytest.fixture(scope="session")
-def pair_ctx200(ckpt_ctx200):
-    return load_hf_model(ckpt_ctx200), granite_fms.load_model(ckpt_ctx200)
+pair_33, pair_33_untied, pair_4x, pair_ctx200 = map(_pair, ("33", "33_untied", "4x", "ctx200"))
 
 
 @pytest.fixture(scope="session")

@@ -72,3 +72,30 @@ def fms_generate(fm, ids, features=None, frame_mask=None, new=20, **kw):
         extra_kwargs=extra,
     )
     return out[:, -new:]
+
+
+def fms_suite_fixtures(model_class, model_config) -> type:
+    """The fixtures of FMS's model test suite (`fms.testing._internal.model_test_suite`) for a
+    `model_class` of `model_config`; BatchNorm's buffers get values its random init skips."""
+    import pytest
+    from fms.testing._internal.model_test_suite import ConfigFixtureMixin, ModelFixtureMixin
+
+    class Fixtures(ConfigFixtureMixin, ModelFixtureMixin):
+        @pytest.fixture(scope="class", autouse=True)
+        def uninitialized_model(self, config):
+            model = model_class(config)
+            model.post_init()
+            return model
+
+        @pytest.fixture(scope="class", autouse=True)
+        def config(self):
+            return model_config
+
+        def _maybe_get_initialized_parameter(self, key, parameter):
+            if not parameter.is_floating_point():  # BatchNorm's num_batches_tracked
+                return parameter.clone()
+            if key.endswith("running_var"):
+                return torch.rand_like(parameter) + 0.5
+            return None
+
+    return Fixtures

@@ -115,34 +115,24 @@ def test_auto_adapter_follows_the_request(pair_33):
     x = torch.randn(1, 30, 160)
     ids_audio = audio_prompt(fm.config.audio_token_index, n_tokens(fm, 30))
     ids_text = audio_prompt(fm.config.audio_token_index, 0)
-    _ = generate(
-        fm,
-        ids_audio,
-        max_new_tokens=1,
-        do_sample=False,
-        use_cache=True,
-        prepare_model_inputs_hook=fm.prepare_inputs_for_generation,
-        extra_kwargs={"input_features": x},
-    )
+
+    def one_token(ids, **extra):
+        generate(
+            fm,
+            ids,
+            max_new_tokens=1,
+            do_sample=False,
+            use_cache=True,
+            prepare_model_inputs_hook=fm.prepare_inputs_for_generation,
+            **extra,
+        )
+
+    one_token(ids_audio, extra_kwargs={"input_features": x})
     assert fm.adapter_active
-    _ = generate(
-        fm,
-        ids_text,
-        max_new_tokens=1,
-        do_sample=False,
-        use_cache=True,
-        prepare_model_inputs_hook=fm.prepare_inputs_for_generation,
-    )
+    one_token(ids_text)
     assert not fm.adapter_active
     fm.set_adapter("on")
-    _ = generate(
-        fm,
-        ids_text,
-        max_new_tokens=1,
-        do_sample=False,
-        use_cache=True,
-        prepare_model_inputs_hook=fm.prepare_inputs_for_generation,
-    )
+    one_token(ids_text)
     assert fm.adapter_active
     fm.set_adapter("auto")
 

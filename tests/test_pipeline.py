@@ -47,8 +47,9 @@ def hf(dirs):
     return model
 
 
-def hf_generate(hf, prompt_ids: list[int], clip: Path | None = None) -> list[int]:
-    """HF's greedy tokens for one request, its own feature extractor on the clip."""
+def hf_generate(hf, prompt_ids: list[int], clip: Path | None = None, **kwargs) -> list[int]:
+    """HF's tokens for one request (greedy, unless `kwargs` say otherwise), its own feature
+    extractor on the clip."""
     features = None
     ids = prompt_ids
     if clip is not None:
@@ -64,6 +65,7 @@ def hf_generate(hf, prompt_ids: list[int], clip: Path | None = None) -> list[int
             max_new_tokens=NEW,
             do_sample=False,
             pad_token_id=0,
+            **kwargs,
         )
     return out[0, len(ids) :].tolist()
 
@@ -295,20 +297,7 @@ def test_transcribe_with_keywords_uses_the_keyword_prompt(pipe_text):
 
 def test_beam_search_through_the_pipeline_matches_hf(pipe_ids, hf):
     got = pipe_ids.generate_ids(FOX, prompt_ids=PROMPT_IDS, max_new_tokens=NEW, num_beams=4)
-    extracted = transformers.GraniteSpeechFeatureExtractor()(load_audio(FOX))
-    pos = PROMPT_IDS.index(AUDIO_ID)
-    n = extracted["audio_embed_sizes"][0]
-    ids = PROMPT_IDS[:pos] + [AUDIO_ID] * n + PROMPT_IDS[pos + 1 :]
-    with torch.no_grad():
-        out = hf.generate(
-            input_ids=torch.tensor([ids]),
-            input_features=extracted["input_features"],
-            max_new_tokens=NEW,
-            num_beams=4,
-            do_sample=False,
-            pad_token_id=0,
-        )
-    assert got == [out[0, len(ids) :].tolist()]
+    assert got == [hf_generate(hf, PROMPT_IDS, FOX, num_beams=4)]
 
 
 def test_all_eos_ids_of_the_generation_config(dirs, tmp_path, pipe_ids):

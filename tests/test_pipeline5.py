@@ -13,6 +13,7 @@ import transformers
 
 import granite_fms_cli
 from granite_fms.audio.features import load_audio
+from granite_fms.inference.compile import CompileConfig
 from granite_fms.pipeline import SpeechPipeline
 from granite_fms.pipeline5 import CTCPipeline
 from helpers import DATA, RATE, SENTENCES, long_recording
@@ -67,12 +68,26 @@ def test_long_form_windows_and_segment_times(pipe, talk):
 
 
 def test_compiled_pipeline_gives_the_same_segments(ckpt5, talk):
-    pipe = SpeechPipeline.from_pretrained(ckpt5).compile(backend="eager")
-    eager = SpeechPipeline.from_pretrained(ckpt5)
+    pipe = SpeechPipeline.from_pretrained(ckpt5, compile=CompileConfig(backend="eager"))
+    assert pipe.decoder.compiled
     clips = [talk[: 12 * RATE], talk[: 3 * RATE]]
-    assert pipe.transcribe(clips, return_segments=True) == eager.transcribe(
-        clips, return_segments=True
-    )
+    compiled = pipe.transcribe(clips, return_segments=True)
+    assert not pipe.eager().decoder.compiled
+    assert compiled == pipe.transcribe(clips, return_segments=True)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(cache="granite.compiled"), "compiling with cache"),
+        (dict(quantize="int8"), "compiling with quantize"),
+        (dict(regional=True, symbolic=False), "compiling with regional, symbolic=False"),
+    ],
+)
+def test_compile_options_that_do_not_apply_are_errors(pipe, options, match):
+    with pytest.raises(ValueError, match=match):
+        pipe.compile(**options)
+    assert not pipe.decoder.compiled
 
 
 @pytest.mark.parametrize(

@@ -31,20 +31,21 @@ from pathlib import Path
 import torch
 
 from granite_fms.audio import longform
-from granite_fms.audio.features import AudioClip, clip_list, clip_name, encoder_frame_count
+from granite_fms.audio.features import AudioClip, clip_list, clip_name
 from granite_fms.audio.longform import LongFormOptions, Progress
-from granite_fms.audio.processor import GraniteSpeechProcessor, Prompt, PromptIds
+from granite_fms.audio.processor import GraniteSpeechProcessor, Prompt, PromptIds, PromptSpec
 from granite_fms.audio.prompts import PromptPreset, preset_for
 from granite_fms.checks import token_ids
 from granite_fms.hf.config import read_eos_token_ids
 from granite_fms.hf.granite_speech5 import is_granite_speech5
 from granite_fms.hf.loader import load_model
-from granite_fms.inference.compile import CompileConfig, load_artifact, save_artifact
+from granite_fms.inference.compile import CompileConfig, compile_config, load_artifact
 from granite_fms.inference.generation import BucketPolicy, Generation, Generator
-from granite_fms.inference.options import GenerationOptions, with_changes
+from granite_fms.inference.options import GenerationOptions, long_form_options, with_changes
 from granite_fms.inference.quantize import is_quantized, quantize_llm
 from granite_fms.models.granite_speech import GraniteSpeech
 from granite_fms.pipeline5 import CTCPipeline
+from granite_fms.pipeline_base import ModelPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ Audio = AudioClip | list[AudioClip]
 
 
 @dataclass
-class SpeechPipeline:
+class SpeechPipeline(ModelPipeline):
     """A `GraniteSpeech` model, its processor (whose tokenizer is optional) and a generator.
 
     eos_token_id: the id(s) that end a row, kept as a tuple; None: the tokenizer's EOS (none
@@ -88,26 +89,15 @@ class SpeechPipeline:
         compile: bool | CompileConfig = False,
         distributed_strategy: str | None = None,
     ) -> "SpeechPipeline | CTCPipeline":
-        """Model and processor from a local Hugging Face checkpoint directory.
-
-        The tokenizer is loaded if the directory has tokenizer files (the released ones do).
-        EOS ids: those of `generation_config.json` (all of them), else the tokenizer's.
-        `compile`: True or a `CompileConfig`, as `compile()`. `distributed_strategy="tp"` shards the
-        LLM over the ranks of a torchrun job (`load_model`); every rank runs the same requests.
-        A Granite Speech 5.0 checkpoint (a CTC model) gives a `CTCPipeline` instead.
-        """
+        """Model and processor (its tokenizer if the directory has tokenizer files) from a local
+        Hugging Face checkpoint directory; EOS ids from `generation_config.json`, else the
+        tokenizer's. `compile`: True or a `CompileConfig`; `distributed_strategy="tp"` shards the
+        LLM over a torchrun job's ranks (`load_model`). A Granite Speech 5.0 (CTC) checkpoint
+        gives a `CTCPipeline`."""
+        where = dict(dtype=dtype, device=device, distributed_strategy=distributed_strategy)
         if is_granite_speech5(model_dir):
-            if distributed_strategy is not None:
-                raise ValueError(
-                    "distributed_strategy shards the LLM of Granite Speech 3.x/4.x; Granite "
-                    "Speech 5.0 has none (run one whole model per rank instead)"
-                )
-            return CTCPipeline.from_pretrained(
-                model_dir, dtype=dtype, device=device, compile=compile
-            )
-        model = load_model(
-            model_dir, dtype=dtype, device=device, distributed_strategy=distributed_strategy
-        )
+            return CTCPipeline.from_pretrained(model_dir, compile=compile, **where)
+        model = load_model(model_dir, **where)
         processor = GraniteSpeechProcessor.from_pretrained(model_dir)
         pipe = cls(model, processor, eos_token_id=read_eos_token_ids(model_dir))
         if compile is False:
@@ -122,17 +112,11 @@ class SpeechPipeline:
         policy: BucketPolicy | None = None,
         **options,
     ) -> "SpeechPipeline":
-        """Generate through compiled graphs from now on (the recommended way to serve).
-
-        config: a `CompileConfig`, or its fields as keywords (`backend`, `mode`, `symbolic`,
-            `regional`, `cache`, `quantize`); the default is Inductor with symbolic shapes.
-        policy: the bucket policy (default: the current generator's).
-        The graphs compile on the first requests that need them, or now with `warmup()`;
-        `cache` loads an artifact of `save_compiled` first, so they load instead.
-        """
-        if config is not None and options:
-            raise TypeError("pass a CompileConfig or its fields as keywords, not both")
-        config = config or CompileConfig(**options)
+        """Generate through compiled graphs from now on (the way to serve). config: a
+        `CompileConfig` or its fields as keywords (default: Inductor, symbolic shapes); policy:
+        the bucket policy (default: the generator's). Graphs compile on first use or `warmup()`;
+        `cache` loads an artifact of `save_compiled` first, so that they load instead."""
+        config = compile_config(config, options)
         if config.quantize is not None and not is_quantized(self.model):
             self.quantize(config.quantize)
         if config.cache is not None:
@@ -154,13 +138,7 @@ class SpeechPipeline:
         """Write the graphs compiled in this process (compile, then `warmup()`) as one file
         that `compile(cache=path)` loads in another process with the same torch, triton and
         device; returns its path."""
-        config = self.generator.config
-        if config is None:
-            raise ValueError("nothing compiled: call compile() and warmup() first")
-        gen = self.generator
-        return save_artifact(
-            path, self.model, config, self.device, shapes=gen.warmed_up, since=gen.created
-        )
+        return self.generator.save_compiled(path)
 
     def warmup(
         self,
@@ -171,22 +149,13 @@ class SpeechPipeline:
         num_beams: Sequence[int] = (1,),
         progress: bool = True,
     ) -> "SpeechPipeline":
-        """Compile the graphs that transcription requests of these lengths (default: those of
-        `Generator.warmup`), batch sizes and beam counts will use, with a progress bar,
-        before the first request. The prompt's text length is the preset's transcription
-        prompt's."""
+        """Compile now, with a progress bar, the graphs that transcription requests of these
+        lengths (default: `Generator.warmup`'s), batch sizes and beam counts will use."""
         user = self.prompts.user_turn(audio_token=self.audio_token)
-        text = self._text_tokens(user) if self.tokenizer is not None else len(user.split())
-        frames = None
-        if audio_seconds is not None:
-            fe = self.processor.feature_extractor
-            samples = [int(s * fe.sample_rate) for s in audio_seconds]
-            frames = sorted(
-                {
-                    self.generator.policy.frames(encoder_frame_count(n, fe.hop_length))
-                    for n in samples
-                }
-            )
+        has_tokenizer = self.tokenizer is not None
+        text = self.processor.text_tokens(user, self._spec) if has_tokenizer else len(user.split())
+        fe = self.processor.feature_extractor
+        frames = [fe.encoder_frames(s) for s in audio_seconds or ()]
         self.generator.warmup(
             frames,
             batch_sizes,
@@ -198,24 +167,16 @@ class SpeechPipeline:
         return self
 
     @property
-    def tokenizer(self):
-        return self.processor.tokenizer
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
-
-    @property
     def audio_token_id(self) -> int:
         return self.model.config.audio_token_index
 
     @property
     def audio_token(self) -> str:
         return self.processor.audio_token
+
+    @property
+    def _spec(self) -> PromptSpec:
+        return PromptSpec.of(self.model.config, self.prompts)
 
     def transcribe(
         self,
@@ -227,68 +188,45 @@ class SpeechPipeline:
         progress: Progress | None = None,
         **changes,
     ) -> list[str] | list[longform.Transcript]:
-        """Transcript of each clip, of any length (`keywords`: words to bias towards, as the
-        cards do). `long_form`: `LongFormOptions` (clips longer than `chunk_length` s are cut into
-        windows; `return_segments`: a `Transcript` per clip, with timed segments and warnings);
-        `generation`: `GenerationOptions` (by default each window's own budget). Keyword
-        arguments replace fields of either: `transcribe(x, num_beams=4, chunk_length=20)`.
-        Windows and budgets are fitted to the model's positions (`fit_context`), with a warning.
-        `progress` is called after each generation call with the audio seconds it decoded."""
+        """Transcript of each clip, of any length (`keywords`: words to bias towards). `long_form`:
+        `LongFormOptions` (windows of at most `chunk_length` s, fitted to the model's positions
+        by `fit_context`; `return_segments`: a `Transcript` per clip); `generation`:
+        `GenerationOptions` (default: each window's own budget); keyword arguments replace
+        fields of either. `progress(seconds)` follows each generation call."""
         turn = self.prompts.user_turn("transcribe", keywords=keywords, audio_token=self.audio_token)
         return self._long_form(audio, turn, long_form, generation, progress, **changes)
 
     def translate(
         self, audio: Audio, language: str, **options
     ) -> list[str] | list[longform.Transcript]:
-        """Translation of each clip's speech into `language` (e.g. "French"); the options as in
-        `transcribe`."""
+        """Translation of each clip's speech into `language` (e.g. "French"); see `transcribe`."""
         turn = self.prompts.user_turn("translate", language=language, audio_token=self.audio_token)
         return self._long_form(audio, turn, **options)
 
-    def _long_form(
-        self,
-        audio: Audio,
-        prompt: str,
-        long_form: LongFormOptions | None = None,
-        generation: GenerationOptions | None = None,
-        progress: Progress | None = None,
-        **changes,
-    ) -> list[str] | list[longform.Transcript]:
+    def _long_form(self, audio, prompt, long_form=None, generation=None, progress=None, **changes):
         """Cut each clip into windows, decode all windows in batches, put each clip together."""
-        options, generation = self._options(changes, long_form or LongFormOptions(), generation)
-        tokenizer = self._decoder()
-        extractor = self.processor.feature_extractor
-        clips, rate = clip_list(audio), extractor.sample_rate
-        waves = extractor.waveforms(clips)
+        options, generation = long_form_options(changes, long_form, generation)
+        generation = generation.with_eos(self.eos_token_id)
+        tokenizer, fe = self._decoder(), self.processor.feature_extractor
+        clips, rate = clip_list(audio), fe.sample_rate
         fit = self.fit_context(prompt, options.chunk_length, generation.max_new_tokens)
         for note in fit.notes:
             logger.warning(note)
-        plans = [longform.split(w, fit.chunk_length, options.segmentation, rate) for w in waves]
-        budget = generation.max_new_tokens
-        pieces, budgets = longform.jobs(waves, plans, rate, budget, fit, extractor.num_audio_tokens)
-        out = longform.batched(
-            pieces,
-            budgets,
-            options.batch_size,
-            lambda batch, b: self._run(batch, prompt, replace(generation, max_new_tokens=b)),
-            progress,
-            rate,
+
+        def generate(batch, budgets):
+            return self._run(batch, prompt, replace(generation, max_new_tokens=budgets))
+
+        waves, budget = fe.waveforms(clips), generation.max_new_tokens
+        plans, budgets, out = longform.decode(
+            waves, options, generate, fit, budget, fe.num_audio_tokens, progress, rate
         )
-        tokens, finished = [g.tokens for g in out], [g.finished for g in out]
-        texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        texts = tokenizer.batch_decode([g.tokens for g in out], skip_special_tokens=True)
         stops = bool(generation.eos_token_id)
-        results = longform.transcripts(plans, tokens, finished, texts, budgets, rate, stops)
+        results = longform.transcripts(plans, out, texts, budgets, rate, stops)
         for c, result in enumerate(results):
             for warning in result["warnings"]:
                 logger.warning("%s: %s", clip_name(clips[c], c), warning)
-        return results if options.return_segments else [r["text"] for r in results]
-
-    def _options(self, changes: dict, *given):
-        """`with_changes`, and this pipeline's EOS ids where the generation options name none."""
-        *others, generation = with_changes(changes, *given[:-1], given[-1] or GenerationOptions())
-        if generation.eos_token_id is None:
-            generation = replace(generation, eos_token_id=self.eos_token_id)
-        return *others, generation
+        return options.output(results)
 
     def generate(self, audio: Audio | None = None, prompt: Prompt | None = None, **kwargs):
         """`generate_ids`, decoded with the tokenizer (special tokens skipped)."""
@@ -299,8 +237,7 @@ class SpeechPipeline:
     def generate_ids(
         self, audio: Audio | None = None, prompt: Prompt | None = None, **kwargs
     ) -> list[list[int]]:
-        """New token ids for each request, up to (not including) the first EOS; the arguments
-        are `run`'s."""
+        """New token ids of each request, up to (not including) the first EOS; `run`'s arguments."""
         return [g.tokens for g in self.run(audio, prompt, **kwargs)]
 
     @torch.no_grad()
@@ -314,17 +251,13 @@ class SpeechPipeline:
         generation: GenerationOptions | None = None,
         **changes,
     ) -> list[Generation]:
-        """Each request's new tokens with their details: whether the row ended with an EOS (or
-        was cut by its budget, which is logged) and its beam score.
-
-        audio: one clip or a list (wav/flac paths, or 1-D float arrays/tensors at 16 kHz);
-            None for a text-only request (the LoRA adapter off, unless `model.set_adapter`).
-        prompt / prompt_ids: text (templated if `chat_template`) or token ids, one for every
-            clip or one per clip (`GraniteSpeechProcessor.input_ids`).
-        generation: `GenerationOptions` (default budget 200 new tokens); keyword arguments
-            replace its fields: `run(clip, max_new_tokens=64, num_beams=4)`.
-        """
-        (generation,) = self._options(changes, generation)
+        """Each request's new tokens, whether it ended with an EOS (a cut one is logged) and its
+        beam score. audio: one clip or a list (paths, or 1-D arrays at 16 kHz), None for text
+        only (the LoRA adapter off). prompt / prompt_ids: text (templated if `chat_template`)
+        or token ids, one for every clip or one per clip (`GraniteSpeechProcessor.input_ids`).
+        Keyword arguments replace fields of `generation`: `run(clip, num_beams=4)`."""
+        (generation,) = with_changes(changes, generation or GenerationOptions())
+        generation = generation.with_eos(self.eos_token_id)
         out = self._run(audio, prompt, generation, prompt_ids, chat_template)
         cut = [i for i, g in enumerate(out) if not g.finished and generation.eos_token_id]
         if cut:
@@ -334,51 +267,22 @@ class SpeechPipeline:
         return out
 
     def _run(
-        self,
-        audio: Audio | None,
-        prompt: Prompt | None,
-        generation: GenerationOptions,
-        prompt_ids: PromptIds | None = None,
-        chat_template: bool = True,
+        self, audio, prompt, generation, prompt_ids=None, chat_template=True
     ) -> list[Generation]:
         """`run` without its warning (long-form results name their cut windows themselves)."""
         features = counts = None
         if audio is not None:
             features = self.processor.feature_extractor(audio).to(self.device)
             counts = self.model.audio_token_counts(features.input_features_mask).tolist()
-        inputs = self._input_ids(prompt, prompt_ids, counts, chat_template)
+        inputs = self.processor.input_ids(prompt, prompt_ids, counts, self._spec, chat_template)
         return self.generator.generate(inputs, features, generation)
-
-    def _input_ids(self, prompt, prompt_ids, counts, chat_template=True) -> list[torch.Tensor]:
-        return self.processor.input_ids(
-            prompt,
-            prompt_ids,
-            counts,
-            audio_token_id=self.audio_token_id,
-            vocab_size=self.model.config.text_config.src_vocab_size,
-            preset=self.prompts,
-            chat_template=chat_template,
-        )
-
-    def _text_tokens(self, prompt: str) -> int:
-        """The tokens of a (templated) prompt besides its audio: its length with none."""
-        return len(self._input_ids(prompt, None, [0])[0])
 
     def fit_context(
         self, prompt: str, chunk_length: float = 30.0, max_new_tokens: int | None = None
     ) -> longform.ContextFit:
         """The windows and budgets of `prompt`'s requests that fit the model's positions
-        (`longform.fit_context`); ValueError if the prompt alone leaves no room."""
-        extractor = self.processor.feature_extractor
-        positions = self.model.config.text_config.max_expected_seq_len
-        return longform.fit_context(
-            chunk_length,
-            max_new_tokens,
-            self._text_tokens(prompt),
-            positions,
-            extractor.num_audio_tokens,
-            extractor.sample_rate,
-        )
+        (`GraniteSpeechProcessor.fit_context`); ValueError if the prompt alone leaves no room."""
+        return self.processor.fit_context(prompt, self._spec, chunk_length, max_new_tokens)
 
     def _decoder(self):
         if self.tokenizer is None:

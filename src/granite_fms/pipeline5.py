@@ -13,8 +13,7 @@ Options of the generative models (beam search, prompts and keywords, translation
 budgets) are a ValueError here, not ignored.
 """
 
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +23,11 @@ from granite_fms.audio import longform
 from granite_fms.audio.features import AudioClip, clip_list
 from granite_fms.audio.features5 import GraniteSpeech5FeatureExtractor
 from granite_fms.audio.longform import LongFormOptions, Progress
+from granite_fms.inference.compile import CompileConfig, compile_config
 from granite_fms.inference.ctc import Alignment, CTCDecoder, decode_texts
-from granite_fms.inference.options import GenerationOptions, with_changes
+from granite_fms.inference.options import GenerationOptions, long_form_options
 from granite_fms.models.granite_speech5 import GraniteSpeech5
+from granite_fms.pipeline_base import ModelPipeline
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 _UNSUPPORTED = "Granite Speech 5.0 (CTC) does not support: "
@@ -54,7 +55,7 @@ class CTCProcessor:
 
 
 @dataclass
-class CTCPipeline:
+class CTCPipeline(ModelPipeline):
     """A `GraniteSpeech5` model, its processor and a `CTCDecoder` (eager until `compile()`)."""
 
     model: GraniteSpeech5
@@ -78,41 +79,47 @@ class CTCPipeline:
         *,
         dtype: torch.dtype | None = None,
         device: str | torch.device = "cpu",
-        compile: bool = False,
+        compile: bool | CompileConfig = False,
+        distributed_strategy: str | None = None,
     ) -> "CTCPipeline":
-        """Model, feature extractor and tokenizer from a local 5.0 checkpoint directory."""
+        """Model, feature extractor and tokenizer from a local 5.0 checkpoint directory;
+        `compile` as `SpeechPipeline.from_pretrained`'s."""
         from granite_fms.hf.granite_speech5 import load_model
 
+        if distributed_strategy is not None:
+            raise ValueError(
+                "distributed_strategy shards the LLM of Granite Speech 3.x/4.x; Granite "
+                "Speech 5.0 has none (run one whole model per rank instead)"
+            )
         model = load_model(model_dir, dtype=dtype, device=device)
         pipe = cls(model, CTCProcessor.from_pretrained(model_dir))
-        return pipe.compile() if compile else pipe
+        if compile is False:
+            return pipe
+        return pipe.compile(None if compile is True else compile)
 
-    def compile(
-        self,
-        *,
-        mode: str | None = None,
-        backend: str | Callable = "inductor",
-        cache_dir: str | Path | None = None,
-    ) -> "CTCPipeline":
-        """Decode through one compiled graph family from now on (see `CTCDecoder`). cache_dir:
-        root of Inductor's on-disk caches for this process, as for 3.x's `Generator`."""
-        if cache_dir is not None:
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir).resolve())
-        self.decoder = CTCDecoder(self.model, compile=True, backend=backend, mode=mode)
+    def compile(self, config: CompileConfig | None = None, /, **options) -> "CTCPipeline":
+        """Decode through one compiled graph family from now on (see `CTCDecoder`). config: a
+        `CompileConfig` or its fields as keywords; of them, 5.0 takes `backend` and `mode` (its
+        shapes are always symbolic, it has no LLM to quantise and no artifact)."""
+        config = compile_config(config, options)
+        unsupported = {
+            "cache": config.cache is not None,
+            "quantize": config.quantize is not None,
+            "regional": config.regional,
+            "symbolic=False": not config.symbolic,
+        }
+        if any(unsupported.values()):
+            names = ", ".join(name for name, given in unsupported.items() if given)
+            raise ValueError(f"{_UNSUPPORTED}compiling with {names}")
+        self.decoder = CTCDecoder(
+            self.model, compile=True, backend=config.backend, mode=config.mode
+        )
         return self
 
-    @property
-    def tokenizer(self):
-        return self.processor.tokenizer
-
-    @property
-    def device(self) -> torch.device:
-        return self.decoder.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.head.weight.dtype
+    def eager(self) -> "CTCPipeline":
+        """Decode without compiling from now on (the default)."""
+        self.decoder = CTCDecoder(self.model)
+        return self
 
     @property
     def frame_seconds(self) -> float:
@@ -162,9 +169,7 @@ class CTCPipeline:
         keywords, generation: only their defaults (see `check_options`).
         Keyword arguments replace fields of either options value, as for 3.x.
         """
-        options, generation = with_changes(
-            changes, long_form or LongFormOptions(), generation or GenerationOptions()
-        )
+        options, generation = long_form_options(changes, long_form, generation)
         self.check_options("transcribe", keywords, generation)
         if self.tokenizer is None:
             raise ValueError("transcribing needs a tokenizer and this pipeline has none")
@@ -178,12 +183,8 @@ class CTCPipeline:
                     f"audio[{i}]: audio too short ({wave.numel()} samples); Granite Speech 5.0 "
                     f"needs at least {least} samples at {fe.sample_rate} Hz"
                 )
-        rate = fe.sample_rate
-        plans = [longform.split(w, options.chunk_length, options.segmentation, rate) for w in waves]
-        pieces = [waves[c][w.start : w.end] for c, plan in enumerate(plans) for w in plan]
-        # No token budgets (0 each): a CTC pass decodes every frame.
-        alignments = longform.batched(
-            pieces, [0] * len(pieces), options.batch_size, self._decode, progress, rate
+        plans, _, alignments = longform.decode(
+            waves, options, self._decode, progress=progress, sample_rate=fe.sample_rate
         )
         texts = decode_texts(self.tokenizer, alignments)
         results, first = [], 0
@@ -191,7 +192,7 @@ class CTCPipeline:
             last = first + len(plan)
             results.append(self._transcript(plan, alignments[first:last], texts[first:last]))
             first = last
-        return results if options.return_segments else [r["text"] for r in results]
+        return options.output(results)
 
     def translate(self, audio, language: str, **options):
         """A ValueError: Granite Speech 5.0 transcribes only."""

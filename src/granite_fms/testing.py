@@ -15,6 +15,9 @@ from typing import Any
 
 import torch
 
+from granite_fms.hf.config import ENCODER_NAMES, PROJECTOR_NAMES
+from granite_fms.hf.granite_speech5 import ENCODER_NAMES as ENCODER5_NAMES
+
 # Shapes that exercise every code path in seconds: two encoder blocks (so the mid-layer CTC
 # feedback sits between them), a context of 20 frames, windows of 15, GQA in the LLM.
 # fmt: off
@@ -89,17 +92,8 @@ def _hf_class(model_type: str):
     return transformers.GraniteSpeechForConditionalGeneration
 
 
-# transformers name -> FMS name, per sub-config (the inverse of checkpoint.fms_config_from_hf).
+# transformers name -> FMS name of the text config (the rest: `granite_fms.hf.config`'s).
 # fmt: off
-_ENCODER_NAMES = dict(input_dim="input_dim", num_layers="nlayers", hidden_dim="emb_dim",
-                      num_heads="nheads", dim_head="head_dim", output_dim="output_dim",
-                      context_size="context_size", max_pos_emb="max_pos_emb",
-                      conv_kernel_size="conv_kernel_size",
-                      conv_expansion_factor="conv_expansion_factor")
-_PROJECTOR_NAMES = dict(hidden_size="emb_dim", encoder_hidden_size="encoder_dim",
-                        num_hidden_layers="nlayers", num_attention_heads="nheads",
-                        cross_attention_frequency="cross_attention_frequency",
-                        layer_norm_eps="norm_eps")
 _TEXT_NAMES = dict(vocab_size="src_vocab_size", hidden_size="emb_dim", num_hidden_layers="nlayers",
                    num_attention_heads="nheads", num_key_value_heads="kvheads",
                    max_position_embeddings="max_expected_seq_len", rms_norm_eps="norm_eps",
@@ -110,6 +104,7 @@ _TEXT_NAMES = dict(vocab_size="src_vocab_size", hidden_size="emb_dim", num_hidde
 
 
 def _renamed(config, names: dict[str, str]) -> dict:
+    """The inverse of `granite_fms.hf.config.renamed`: FMS settings under their HF names."""
     return {hf: getattr(config, fms) for hf, fms in names.items()}
 
 
@@ -129,8 +124,8 @@ def hf_config_from_fms(config):
         )
     if proj.llm_dim != text.emb_dim:
         raise ValueError(f"projector llm_dim {proj.llm_dim} != text emb_dim {text.emb_dim}")
-    encoder = _renamed(enc, _ENCODER_NAMES) | {"feedforward_mult": int(enc.hidden_grow_factor)}
-    projector = _renamed(proj, _PROJECTOR_NAMES) | {
+    encoder = _renamed(enc, ENCODER_NAMES) | {"feedforward_mult": int(enc.hidden_grow_factor)}
+    projector = _renamed(proj, PROJECTOR_NAMES) | {
         "model_type": "blip_2_qformer",
         "intermediate_size": round(proj.hidden_grow_factor * proj.emb_dim),
     }
@@ -260,18 +255,9 @@ def hf5_config_from_fms(config):
     `GraniteSpeech5Config` (the inverse of `granite_fms.hf.granite_speech5.fms_config_from_hf`)."""
     from transformers import GraniteSpeech5CTCConfig
 
-    encoder = dict(
+    encoder = _renamed(config, ENCODER5_NAMES) | dict(
         vocab_size=config.src_vocab_size,
-        hidden_size=config.emb_dim,
         intermediate_size=round(config.hidden_grow_factor * config.emb_dim),
-        num_hidden_layers=config.nlayers,
-        num_attention_heads=config.nheads,
-        head_dim=config.head_dim,
-        num_mel_bins=config.n_mels,
-        context_size=config.context_size,
-        max_position_embeddings=config.max_pos_emb,
-        conv_kernel_size=config.conv_kernel_size,
-        conv_expansion_factor=config.conv_expansion_factor,
         subsample_layers=list(config.subsample_layers),
     )
     return GraniteSpeech5CTCConfig(

@@ -1,17 +1,14 @@
 """FMS's own model test suite (config round trip, consistency, fullgraph compile), tiny config."""
 
-import pytest
-import torch
 from fms.models.granite import GraniteConfig
 from fms.testing._internal.model_test_suite import (
-    ConfigFixtureMixin,
     ModelCompileTestSuite,
     ModelConfigTestSuite,
     ModelConsistencyTestSuite,
-    ModelFixtureMixin,
 )
 
 from granite_fms import ConformerConfig, GraniteSpeech, GraniteSpeechConfig, QFormerConfig
+from helpers import fms_suite_fixtures
 
 _config = GraniteSpeechConfig(
     encoder_config=ConformerConfig(
@@ -48,23 +45,7 @@ _config = GraniteSpeechConfig(
 )
 
 
-class GraniteSpeechFixtures(ConfigFixtureMixin, ModelFixtureMixin):
-    @pytest.fixture(scope="class", autouse=True)
-    def uninitialized_model(self, config: GraniteSpeechConfig):
-        model = GraniteSpeech(config)
-        model.post_init()
-        return model
-
-    @pytest.fixture(scope="class", autouse=True)
-    def config(self) -> GraniteSpeechConfig:
-        return _config
-
-    def _maybe_get_initialized_parameter(self, key, parameter):
-        if not parameter.is_floating_point():  # BatchNorm's num_batches_tracked
-            return parameter.clone()
-        if key.endswith("running_var"):
-            return torch.rand_like(parameter) + 0.5
-        return None
+GraniteSpeechFixtures = fms_suite_fixtures(GraniteSpeech, _config)
 
 
 class TestGraniteSpeech(

@@ -1,15 +1,13 @@
 """FMS's own model test suite (config round trip, output signature, weight keys), tiny config."""
 
-import pytest
 import torch
 from fms.testing._internal.model_test_suite import (
-    ConfigFixtureMixin,
     ModelConfigTestSuite,
     ModelConsistencyTestSuite,
-    ModelFixtureMixin,
 )
 
 from granite_fms import GraniteSpeech5, GraniteSpeech5Config
+from helpers import fms_suite_fixtures
 
 _config = GraniteSpeech5Config(
     n_mels=8,
@@ -24,23 +22,7 @@ _config = GraniteSpeech5Config(
 )
 
 
-class GraniteSpeech5Fixtures(ConfigFixtureMixin, ModelFixtureMixin):
-    @pytest.fixture(scope="class", autouse=True)
-    def uninitialized_model(self, config: GraniteSpeech5Config):
-        model = GraniteSpeech5(config)
-        model.post_init()
-        return model
-
-    @pytest.fixture(scope="class", autouse=True)
-    def config(self) -> GraniteSpeech5Config:
-        return _config
-
-    def _maybe_get_initialized_parameter(self, key, parameter):
-        if not parameter.is_floating_point():  # BatchNorm's num_batches_tracked
-            return parameter.clone()
-        if key.endswith("running_var"):
-            return torch.rand_like(parameter) + 0.5
-        return None
+GraniteSpeech5Fixtures = fms_suite_fixtures(GraniteSpeech5, _config)
 
 
 class TestGraniteSpeech5(ModelConfigTestSuite, ModelConsistencyTestSuite, GraniteSpeech5Fixtures):

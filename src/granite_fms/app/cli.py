@@ -30,7 +30,6 @@ from granite_fms.audio.prompts import PromptPreset
 from granite_fms.hf.config import read_eos_token_ids
 from granite_fms.hf.granite_speech5 import is_granite_speech5
 from granite_fms.inference.compile import CompileConfig
-from granite_fms.inference.ctc import CTCDecoder
 from granite_fms.inference.options import GenerationOptions
 from granite_fms.pipeline import SpeechPipeline
 from granite_fms.pipeline5 import CTCPipeline, CTCProcessor
@@ -318,22 +317,10 @@ def _compile(pipe: SpeechPipeline | CTCPipeline, args: argparse.Namespace) -> No
         cache=args.compile_cache,
         quantize=args.quantize,
     )
-    if isinstance(pipe, CTCPipeline):
-        if config.cache is not None:
-            raise UsageError("--compile_cache holds Granite Speech 3.x/4.x graphs, not 5.0's")
-        pipe.compile(mode=config.mode, backend=config.backend)
-        return
     try:
         pipe.compile(config)
     except (ValueError, OSError) as e:
         raise UsageError(f"--compile_cache: {e}") from e
-
-
-def _eager(pipe: SpeechPipeline | CTCPipeline) -> None:
-    if isinstance(pipe, CTCPipeline):
-        pipe.decoder = CTCDecoder(pipe.model)
-    else:
-        pipe.eager()
 
 
 def _check_context(pipe: SpeechPipeline | CTCPipeline, request: Request) -> None:
@@ -561,7 +548,7 @@ def _mode_passes(pipe, args, mode, batches, request) -> tuple[float | None, floa
     if mode == "compiled":
         _compile(pipe, args)
     else:
-        _eager(pipe)
+        pipe.eager()
     warmup = None
     if mode == "compiled":
         warmup, _ = _timed_pass(pipe, batches, request, f"{mode} warm-up")

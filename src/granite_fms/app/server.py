@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -132,42 +133,25 @@ class Monitor:
 
     def __init__(self):
         r = self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "granite_fms_requests", "Requests answered", ["endpoint", "status"], registry=r
+        counter, gauge = partial(Counter, registry=r), partial(Gauge, registry=r)
+        seconds = partial(Histogram, registry=r, buckets=LATENCY_BUCKETS)
+        sizes = partial(Histogram, registry=r, buckets=SIZE_BUCKETS)
+        self.requests = counter("granite_fms_requests", "Requests answered", ["endpoint", "status"])
+        self.audio = counter("granite_fms_audio_seconds", "Seconds of audio decoded", ["task"])
+        self.latency = seconds(
+            "granite_fms_request_seconds", "Time from request to response", ["endpoint"]
         )
-        self.audio = Counter(
-            "granite_fms_audio_seconds", "Seconds of audio decoded", ["task"], registry=r
+        self.queue_wait = seconds(
+            "granite_fms_queue_wait_seconds", "Time a request waited for its batch"
         )
-        self.latency = Histogram(
-            "granite_fms_request_seconds",
-            "Time from request to response",
-            ["endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.batch_size = sizes("granite_fms_batch_size", "Requests per batch")
+        self.batch_windows = sizes(
+            "granite_fms_batch_windows", "Audio windows per batch (long audio is cut into windows)"
         )
-        self.queue_wait = Histogram(
-            "granite_fms_queue_wait_seconds",
-            "Time a request waited for its batch",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.batch_size = Histogram(
-            "granite_fms_batch_size", "Requests per batch", buckets=SIZE_BUCKETS, registry=r
-        )
-        self.batch_windows = Histogram(
-            "granite_fms_batch_windows",
-            "Audio windows per batch (long audio is cut into windows)",
-            buckets=SIZE_BUCKETS,
-            registry=r,
-        )
-        self.batch_seconds = Histogram(
-            "granite_fms_batch_seconds", "Model time per batch", buckets=LATENCY_BUCKETS, registry=r
-        )
-        self.queue_depth = Gauge(
-            "granite_fms_queue_depth", "Requests waiting for a batch", registry=r
-        )
-        self.in_batch = Gauge(
-            "granite_fms_batch_in_progress", "Requests in the batch being decoded", registry=r
+        self.batch_seconds = seconds("granite_fms_batch_seconds", "Model time per batch")
+        self.queue_depth = gauge("granite_fms_queue_depth", "Requests waiting for a batch")
+        self.in_batch = gauge(
+            "granite_fms_batch_in_progress", "Requests in the batch being decoded"
         )
 
     def watch(self, worker: ModelWorker) -> None:

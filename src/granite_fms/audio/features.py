@@ -157,6 +157,10 @@ class GraniteSpeechFeatureExtractor:
             n_mels=n_mels,
         )
 
+    def encoder_frames(self, seconds: float) -> int:
+        """Encoder frames of a clip of `seconds`."""
+        return encoder_frame_count(int(seconds * self.sample_rate), self.hop_length)
+
     def num_audio_tokens(self, num_samples: int) -> int:
         """Number of `<|audio|>` placeholders a clip of `num_samples` needs."""
         return audio_token_count(

@@ -16,7 +16,6 @@ import torchaudio
 from torch import Tensor
 
 from granite_fms.audio.features import (
-    SAMPLE_RATE,
     AudioClip,
     GraniteSpeechFeatureExtractor,
     clip_list,
@@ -28,6 +27,7 @@ from granite_fms.files import read_json
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 FEATURE_EXTRACTOR_TYPE = "GraniteSpeech5FeatureExtractor"
 # preprocessor_config.json key (HF's name) -> GraniteSpeech5FeatureExtractor argument.
+MEL_SETTINGS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels")
 _PREPROCESSOR_KEYS = {
     "sampling_rate": "sample_rate",
     "n_fft": "n_fft",
@@ -64,19 +64,13 @@ class GraniteSpeech5FeatureExtractor:
     (`GraniteSpeechFeatureExtractor`); the frames differ (deltas, a last odd frame kept).
     """
 
-    def __init__(
-        self,
-        sample_rate: int = SAMPLE_RATE,
-        n_fft: int = 512,
-        win_length: int = 400,
-        hop_length: int = 160,
-        n_mels: int = 80,
-        delta_win_length: int = 3,
-        floor_db: float = 8.0,
-    ):
-        self.reader = GraniteSpeechFeatureExtractor(
-            sample_rate, n_fft, win_length, hop_length, n_mels
-        )
+    def __init__(self, delta_win_length: int = 3, floor_db: float = 8.0, **mel: int):
+        """mel: the log-mel settings (`sample_rate`, `n_fft`, `win_length`, `hop_length`,
+        `n_mels`), by default 3.x's (`GraniteSpeechFeatureExtractor`)."""
+        unknown = sorted(set(mel) - set(MEL_SETTINGS))
+        if unknown:
+            raise TypeError(f"unknown settings {unknown}: the mel settings are {MEL_SETTINGS}")
+        self.reader = GraniteSpeechFeatureExtractor(**mel)
         if not isinstance(delta_win_length, int) or delta_win_length < 3:
             raise ValueError(f"delta_win_length must be an int >= 3, got {delta_win_length!r}")
         if not floor_db > 0:

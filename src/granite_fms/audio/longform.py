@@ -2,11 +2,11 @@
 
     windows = split(wave, chunk_length=30.0, segmentation="vad")   # [Window(start, end), ...]
 
-`SpeechPipeline.transcribe` / `translate` run these steps, as `LongFormOptions` say: `split`
-each clip into windows; `jobs`: every window's samples and new-token budget; `batches`: the
-windows of each generation call, the longest first (padding never changes a row, so a batched
-window gets the tokens it gets alone); then the generation loop on each batch; `transcripts`:
-each clip's windows put back together.
+`SpeechPipeline.transcribe` / `translate` (and `CTCPipeline.transcribe`) run these steps, as
+`LongFormOptions` say, through `decode`: `split` each clip into windows; `jobs`: every window's
+samples and new-token budget; `batched`: the model on batches of windows, the longest first
+(padding never changes a row, so a batched window gets the tokens it gets alone). Then
+`transcripts`: each clip's windows put back together.
 
 Two segmentations:
 
@@ -25,7 +25,7 @@ exactly as `SpeechPipeline.generate` decodes it.
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypedDict, TypeVar
+from typing import Literal, Protocol, TypedDict, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +116,10 @@ class LongFormOptions:
         check_positive_int("batch_size", self.batch_size, none=True)
         if not isinstance(self.return_segments, bool):
             raise TypeError(f"return_segments must be a bool, got {self.return_segments!r}")
+
+    def output(self, results: list[Transcript]) -> list[str] | list[Transcript]:
+        """The results as asked: each clip's `Transcript`, or its text."""
+        return results if self.return_segments else [r["text"] for r in results]
 
 
 def check_chunk_length(chunk_length: float) -> None:
@@ -347,17 +351,43 @@ def batched(
     return out
 
 
+def decode(
+    waves: Sequence[torch.Tensor],
+    options: LongFormOptions,
+    generate: Callable[[list[torch.Tensor], tuple[int, ...]], list[T]],
+    fit: ContextFit | None = None,
+    max_new_tokens: int | None = None,
+    audio_tokens: Callable[[int], int] | None = None,
+    progress: Progress | None = None,
+    sample_rate: int = 16000,
+) -> tuple[list[list[Window]], list[int], list[T]]:
+    """Each wave's windows (`split`, at most `fit.chunk_length` if fitted, else the options'),
+    every window's budget (`jobs`) and, in window order, `generate`'s result for it
+    (`batched`)."""
+    chunk = options.chunk_length if fit is None else fit.chunk_length
+    plans = [split(w, chunk, options.segmentation, sample_rate) for w in waves]
+    pieces, budgets = jobs(waves, plans, sample_rate, max_new_tokens, fit, audio_tokens)
+    out = batched(pieces, budgets, options.batch_size, generate, progress, sample_rate)
+    return plans, budgets, out
+
+
+class Decoded(Protocol):
+    """What generation gives for a window: its new tokens and whether they ended with an EOS."""
+
+    tokens: list[int]
+    finished: bool
+
+
 def transcripts(
     plans: Sequence[Sequence[Window]],
-    tokens: Sequence[list[int]],
-    finished: Sequence[bool],
+    decoded: Sequence[Decoded],
     texts: Sequence[str],
     budgets: Sequence[int],
     sample_rate: int,
     stops: bool,
 ) -> list[Transcript]:
     """Each clip's result from its windows (`plans`) and, for the windows of all clips in
-    order, their new tokens, whether each ended with an EOS, their texts and budgets.
+    order, what generation gave (`decoded`), their texts and budgets.
 
     stops: whether generation had an EOS id; without one every row runs its whole budget and
     that is not worth a warning.
@@ -368,8 +398,10 @@ def transcripts(
         warnings: list[str] = []
         for i, window in enumerate(windows):
             start, end = window.start / sample_rate, window.end / sample_rate
-            segments.append(Segment(id=i, start=start, end=end, text=texts[k], tokens=tokens[k]))
-            if stops and not finished[k]:
+            segments.append(
+                Segment(id=i, start=start, end=end, text=texts[k], tokens=decoded[k].tokens)
+            )
+            if stops and not decoded[k].finished:
                 warnings.append(
                     f"segment {i} ({start:.2f}-{end:.2f} s) used its whole budget of {budgets[k]} "
                     "new tokens without an end of text: its text may be cut"
@@ -393,6 +425,7 @@ __all__ = [
     "BATCH_SIZE",
     "SEGMENTATIONS",
     "ContextFit",
+    "Decoded",
     "LongFormOptions",
     "Progress",
     "Segment",
@@ -401,6 +434,7 @@ __all__ = [
     "Window",
     "batched",
     "budget",
+    "decode",
     "fit_context",
     "fixed_windows",
     "jobs",

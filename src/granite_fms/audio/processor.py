@@ -4,6 +4,7 @@ import inspect
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from granite_fms.audio import longform
 from granite_fms.audio.features import AudioClip, GraniteSpeechFeatureExtractor
 from granite_fms.audio.prompts import AUDIO_TOKEN, PromptPreset
 from granite_fms.checks import is_int
 from granite_fms.files import read_json
 from granite_fms.hf.config import read_hf_config
+from granite_fms.models.granite_speech import GraniteSpeechConfig
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +164,23 @@ def check_placeholders(
             )
 
 
+@dataclass(frozen=True)
+class PromptSpec:
+    """What a model's prompts are made of: its audio placeholder id, its vocabulary size, its
+    positions (`text_config.max_expected_seq_len`) and the preset of its templated prompts."""
+
+    audio_token_id: int
+    vocab_size: int
+    max_positions: int
+    preset: PromptPreset
+
+    @classmethod
+    def of(cls, config: GraniteSpeechConfig, preset: PromptPreset) -> "PromptSpec":
+        """The spec of a model of `config`, its prompts of `preset`."""
+        text = config.text_config
+        return cls(config.audio_token_index, text.src_vocab_size, text.max_expected_seq_len, preset)
+
+
 class GraniteSpeechProcessor:
     """Extracts audio features and expands each prompt's `<|audio|>` placeholder.
 
@@ -244,34 +264,32 @@ class GraniteSpeechProcessor:
         prompt: Prompt | None,
         prompt_ids: PromptIds | None,
         counts: Sequence[int] | None,
-        *,
-        audio_token_id: int,
-        vocab_size: int,
-        preset: PromptPreset,
+        spec: PromptSpec,
         chat_template: bool = True,
     ) -> list[Tensor]:
         """One id tensor per request, prompt i's placeholder expanded to `counts[i]` audio
         tokens (`counts` None: no audio).
 
-        The prompts are text (tokenized in the chat template of `preset` if `chat_template`;
-        default with audio: the preset's transcription turn) or `prompt_ids`, one for every
-        clip or one per clip, each holding the placeholder once with audio, never without.
+        The prompts are text (tokenized in the chat template of `spec.preset` if
+        `chat_template`; default with audio: the preset's transcription turn) or `prompt_ids`,
+        one for every clip or one per clip, each holding the placeholder once with audio, never
+        without.
         """
-        has_audio = counts is not None
+        has_audio, audio_id = counts is not None, spec.audio_token_id
         if prompt is not None and prompt_ids is not None:
             raise ValueError("pass prompt or prompt_ids, not both")
         if prompt_ids is None:
             if prompt is None:
                 if not has_audio:
                     raise ValueError("nothing to do: pass audio, a prompt or prompt_ids")
-                prompt = preset.user_turn(audio_token=self.audio_token)
+                prompt = spec.preset.user_turn(audio_token=self.audio_token)
             texts = [prompt] if isinstance(prompt, str) else list(prompt)
             check_placeholders(texts, self.audio_token, has_audio)
-            encoded = self._encode(texts, preset if chat_template else None, audio_token_id)
-            rows = check_prompt_ids(encoded, vocab_size, audio_token_id)
+            encoded = self._encode(texts, spec.preset if chat_template else None, audio_id)
+            rows = check_prompt_ids(encoded, spec.vocab_size, audio_id)
         else:
-            rows = check_prompt_ids(prompt_ids, vocab_size, audio_token_id)
-            check_placeholders(rows, audio_token_id, has_audio)
+            rows = check_prompt_ids(prompt_ids, spec.vocab_size, audio_id)
+            check_placeholders(rows, audio_id, has_audio)
         if not has_audio:
             return [torch.tensor(row, dtype=torch.long) for row in rows]
         if len(rows) == 1:
@@ -282,9 +300,33 @@ class GraniteSpeechProcessor:
                 "clips or one per clip"
             )
         return [
-            self.expand_audio_token_ids(row, audio_token_id, n)
+            self.expand_audio_token_ids(row, audio_id, n)
             for row, n in zip(rows, counts, strict=True)
         ]
+
+    def text_tokens(self, prompt: str, spec: PromptSpec) -> int:
+        """The tokens of a templated prompt besides its audio: its length with none."""
+        return len(self.input_ids(prompt, None, [0], spec)[0])
+
+    def fit_context(
+        self,
+        prompt: str,
+        spec: PromptSpec,
+        chunk_length: float = 30.0,
+        max_new_tokens: int | None = None,
+    ) -> longform.ContextFit:
+        """The windows and budgets of `prompt`'s requests that fit `spec.max_positions`
+        (`longform.fit_context`); ValueError if the prompt alone leaves no room."""
+        fe = self.feature_extractor
+        tokens = self.text_tokens(prompt, spec)
+        return longform.fit_context(
+            chunk_length,
+            max_new_tokens,
+            tokens,
+            spec.max_positions,
+            fe.num_audio_tokens,
+            fe.sample_rate,
+        )
 
     def _encode(
         self, texts: list[str], preset: PromptPreset | None, audio_token_id: int

@@ -104,6 +104,25 @@ def read_lora_config(model_dir: str | Path) -> dict | None:
     return {"r": int(cfg["r"]), "lora_alpha": float(cfg["lora_alpha"])}
 
 
+# transformers name -> FMS name of the settings that map one to one, per sub-config.
+# fmt: off
+ENCODER_NAMES = dict(input_dim="input_dim", num_layers="nlayers", hidden_dim="emb_dim",
+                     num_heads="nheads", dim_head="head_dim", output_dim="output_dim",
+                     context_size="context_size", max_pos_emb="max_pos_emb",
+                     conv_kernel_size="conv_kernel_size",
+                     conv_expansion_factor="conv_expansion_factor")
+PROJECTOR_NAMES = dict(hidden_size="emb_dim", encoder_hidden_size="encoder_dim",
+                       num_hidden_layers="nlayers", num_attention_heads="nheads",
+                       cross_attention_frequency="cross_attention_frequency",
+                       layer_norm_eps="norm_eps")
+# fmt: on
+
+
+def renamed(config, names: dict[str, str]) -> dict:
+    """The settings `names` lists of a transformers config, under their FMS names."""
+    return {ours: getattr(config, theirs) for theirs, ours in names.items()}
+
+
 def fms_config_from_hf(
     hf_config: PretrainedConfig, model_dir: str | Path | None = None
 ) -> GraniteSpeechConfig:
@@ -144,27 +163,13 @@ def fms_config_from_hf(
         )
     return GraniteSpeechConfig(
         encoder_config=ConformerConfig(
-            input_dim=enc.input_dim,
-            emb_dim=enc.hidden_dim,
-            nlayers=enc.num_layers,
-            nheads=enc.num_heads,
-            head_dim=enc.dim_head,
-            output_dim=enc.output_dim,
-            context_size=enc.context_size,
-            max_pos_emb=enc.max_pos_emb,
-            conv_kernel_size=enc.conv_kernel_size,
-            conv_expansion_factor=enc.conv_expansion_factor,
+            **renamed(enc, ENCODER_NAMES),
             hidden_grow_factor=float(enc.feedforward_mult),
             cat_hidden_layers=tuple(getattr(enc, "cat_hidden_layers", None) or ()),
         ),
         projector_config=QFormerConfig(
-            emb_dim=proj.hidden_size,
-            encoder_dim=proj.encoder_hidden_size,
-            nlayers=proj.num_hidden_layers,
-            nheads=proj.num_attention_heads,
+            **renamed(proj, PROJECTOR_NAMES),
             hidden_grow_factor=proj.intermediate_size / proj.hidden_size,
-            cross_attention_frequency=proj.cross_attention_frequency,
-            norm_eps=proj.layer_norm_eps,
             window_size=hf_config.window_size,
             downsample_rate=hf_config.downsample_rate,
             llm_dim=text.hidden_size,

@@ -18,6 +18,7 @@ from fms.utils import serialization
 
 from granite_fms.files import check_fms_directory, open_safetensors, read_json, weight_files
 from granite_fms.fms_compat import after_import
+from granite_fms.hf.config import renamed
 from granite_fms.models.granite_speech5 import (
     ARCHITECTURE,
     GraniteSpeech5,
@@ -49,6 +50,17 @@ def read_hf_config(model_dir: str | Path) -> PretrainedConfig:
     return AutoConfig.from_pretrained(model_dir, local_files_only=True)
 
 
+# transformers encoder-config name -> `GraniteSpeech5Config` name of the settings that map one
+# to one.
+# fmt: off
+ENCODER_NAMES = dict(num_mel_bins="n_mels", hidden_size="emb_dim", num_hidden_layers="nlayers",
+                     num_attention_heads="nheads", head_dim="head_dim",
+                     context_size="context_size", max_position_embeddings="max_pos_emb",
+                     conv_kernel_size="conv_kernel_size",
+                     conv_expansion_factor="conv_expansion_factor")
+# fmt: on
+
+
 def fms_config_from_hf(hf_config: PretrainedConfig) -> GraniteSpeech5Config:
     """Map a transformers `GraniteSpeech5CTCConfig` to FMS; refuse what FMS cannot build."""
     enc = hf_config.encoder_config
@@ -69,16 +81,8 @@ def fms_config_from_hf(hf_config: PretrainedConfig) -> GraniteSpeech5Config:
     if problems:
         raise ValueError("unsupported Granite Speech 5.0 config: " + "; ".join(problems))
     return GraniteSpeech5Config(
-        n_mels=enc.num_mel_bins,
-        emb_dim=enc.hidden_size,
-        nlayers=enc.num_hidden_layers,
-        nheads=enc.num_attention_heads,
-        head_dim=enc.head_dim,
+        **renamed(enc, ENCODER_NAMES),
         hidden_grow_factor=enc.intermediate_size / enc.hidden_size,
-        context_size=enc.context_size,
-        max_pos_emb=enc.max_position_embeddings,
-        conv_kernel_size=enc.conv_kernel_size,
-        conv_expansion_factor=enc.conv_expansion_factor,
         subsample_layers=tuple(enc.subsample_layers),
         src_vocab_size=hf_config.vocab_size,
         blank_id=hf_config.pad_token_id,

@@ -106,6 +106,13 @@ class CompileConfig:
         return {"backend": self.backend, **{name: getattr(self, name) for name in fields}}
 
 
+def compile_config(config: CompileConfig | None, options: dict[str, Any]) -> CompileConfig:
+    """`config`, or a `CompileConfig` of `options` (its fields as keywords); not both."""
+    if config is not None and options:
+        raise TypeError("pass a CompileConfig or its fields as keywords, not both")
+    return config or CompileConfig(**options)
+
+
 # ----- regions -------------------------------------------------------------------------------
 
 
@@ -346,6 +353,7 @@ __all__ = [
     "CompileConfig",
     "Region",
     "compile_blocks",
+    "compile_config",
     "environment",
     "load_artifact",
     "read_artifact",

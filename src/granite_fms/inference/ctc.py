@@ -84,7 +84,7 @@ class CTCDecoder:
 
     @property
     def device(self) -> torch.device:
-        return self.model.head.weight.device
+        return self.model.device
 
     @torch.no_grad()
     def frame_ids(self, features: CTCFeatures) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,6 +38,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -49,7 +50,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from granite_fms.audio.features import AudioFeatures
 from granite_fms.audio.processor import check_prompt_ids
 from granite_fms.checks import is_int
-from granite_fms.inference.compile import CompileConfig, Region, compile_blocks
+from granite_fms.inference.compile import CompileConfig, Region, compile_blocks, save_artifact
 from granite_fms.inference.options import GenerationOptions, with_changes
 from granite_fms.models.granite_speech import GraniteSpeech
 
@@ -554,16 +555,17 @@ class Generator:
         prompt holds `text_tokens` text tokens, prefilled and decoded for two steps (the decode
         step's cache length follows from `max_new_tokens`), under a progress bar.
 
-        Default lengths: the policy's audio buckets; with a symbolic frame count a clip that
-        fills one encoder block but for one frame and one over two blocks (what the audio
-        graphs specialise on), and with static shapes also 3 blocks less a frame and 4, 8, 16
-        and 32 s (their prompt buckets).
+        Lengths are rounded to the policy's buckets. Default lengths: the policy's audio
+        buckets; with a symbolic frame count a clip that fills one encoder block but for one
+        frame and one over two blocks (what the audio graphs specialise on), and with static
+        shapes also 3 blocks less a frame and 4, 8, 16 and 32 s (their prompt buckets).
         """
         block = self.model.config.encoder_config.context_size
         cases = {block - 1, block + block // 2}
         if self.config is None or not self.config.symbolic:
             cases |= {3 * block - 1, 200, 400, 800, 1600}
-        frames = sorted(audio_frames or self.policy.audio_frames or cases)
+        frames = sorted({self.policy.frames(f) for f in audio_frames or ()})
+        frames = frames or sorted(self.policy.audio_frames or cases)
         shapes = [(f, b, k) for f in frames for b in batch for k in num_beams]
         bar = tqdm(shapes, desc="compiling", unit="shape", disable=not progress)
         with logging_redirect_tqdm():
@@ -587,6 +589,20 @@ class Generator:
                 text_tokens=text,
                 max_new_tokens=max_new_tokens,
             )
+        )
+
+    def save_compiled(self, path: str | Path) -> Path:
+        """Write the graphs compiled in this process (with `warmup`) as one artifact that
+        `CompileConfig(cache=path)` loads in another process (`save_artifact`)."""
+        if self.config is None:
+            raise ValueError("nothing compiled: call compile() and warmup() first")
+        return save_artifact(
+            path,
+            self.model,
+            self.config,
+            self.model.device,
+            shapes=self.warmed_up,
+            since=self.created,
         )
 
 

@@ -11,7 +11,7 @@ whisper's `decode(model, mel, options, **kwargs)`), so the checks run once, here
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
-from granite_fms.audio.longform import TOKENS_PER_30S
+from granite_fms.audio.longform import TOKENS_PER_30S, LongFormOptions
 from granite_fms.checks import check_positive_int, is_int, token_ids
 
 
@@ -43,6 +43,10 @@ class GenerationOptions:
         check_positive_int("num_beams", self.num_beams)
         object.__setattr__(self, "eos_token_id", token_ids("eos_token_id", self.eos_token_id))
 
+    def with_eos(self, eos_token_id: tuple[int, ...]) -> "GenerationOptions":
+        """These options, with `eos_token_id` where they name no EOS ids."""
+        return self if self.eos_token_id is not None else replace(self, eos_token_id=eos_token_id)
+
     def budgets(self, requests: int) -> list[int]:
         """The budget of each of `requests` requests."""
         budgets = self.max_new_tokens
@@ -66,4 +70,16 @@ def with_changes(changes: dict, *options):
     ]
 
 
-__all__ = ["GenerationOptions", "with_changes"]
+def long_form_options(
+    changes: dict,
+    long_form: LongFormOptions | None = None,
+    generation: GenerationOptions | None = None,
+) -> tuple[LongFormOptions, GenerationOptions]:
+    """The options of a long-form request (defaults for those not given), keyword `changes`
+    applied to the fields they name."""
+    return tuple(
+        with_changes(changes, long_form or LongFormOptions(), generation or GenerationOptions())
+    )
+
+
+__all__ = ["GenerationOptions", "long_form_options", "with_changes"]

@@ -209,11 +209,14 @@ def _pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
 
 
 class ConformerBlock(nn.Module):
-    def __init__(self, config: ConformerConfig):
+    """Half-step FFN, attention, conv module, half-step FFN, each residual; a final norm.
+    `stride`: the conv module's (2 in 5.0's subsampling blocks)."""
+
+    def __init__(self, config: ConformerConfig, stride: int = 1):
         super().__init__()
         self.ff1 = ConformerFeedForward(config)
         self.attn = ConformerAttention(config)
-        self.conv = ConformerConvModule(config)
+        self.conv = ConformerConvModule(config, stride=stride)
         self.ff2 = ConformerFeedForward(config)
         self.post_ln = nn.LayerNorm(config.emb_dim, eps=config.norm_eps)
 

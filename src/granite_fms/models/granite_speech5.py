@@ -32,17 +32,21 @@ from fms.utils.config import ModelConfig
 
 from granite_fms.checks import check_checkpoint_tensors
 from granite_fms.models.conformer import (
-    ConformerAttention,
     ConformerBlock,
     ConformerConfig,
-    ConformerConvModule,
-    ConformerFeedForward,
     attention_dists,
 )
 
 logger = logging.getLogger(__name__)
 
 _TORCH_LAYERS = (nn.Linear, nn.LayerNorm, nn.Conv1d, nn.BatchNorm1d, nn.Embedding)
+
+
+# Settings of `GraniteSpeech5Config` that are `ConformerConfig`'s, with the same name.
+_CONFORMER_SETTINGS = (
+    "emb_dim", "nlayers", "nheads", "head_dim", "context_size", "max_pos_emb", "conv_kernel_size",
+    "conv_expansion_factor", "hidden_grow_factor", "norm_eps", "attn_backend",
+)  # fmt: skip
 
 
 @dataclass
@@ -91,18 +95,8 @@ class GraniteSpeech5Config(ModelConfig):
         """The settings of the blocks shared with 3.x's conformer."""
         return ConformerConfig(
             input_dim=self.input_dim,
-            emb_dim=self.emb_dim,
-            nlayers=self.nlayers,
-            nheads=self.nheads,
-            head_dim=self.head_dim,
             output_dim=self.src_vocab_size,
-            context_size=self.context_size,
-            max_pos_emb=self.max_pos_emb,
-            conv_kernel_size=self.conv_kernel_size,
-            conv_expansion_factor=self.conv_expansion_factor,
-            hidden_grow_factor=self.hidden_grow_factor,
-            norm_eps=self.norm_eps,
-            attn_backend=self.attn_backend,
+            **{name: getattr(self, name) for name in _CONFORMER_SETTINGS},
         )
 
     def check(self) -> None:
@@ -134,7 +128,7 @@ def halve_mask(frame_mask: torch.Tensor) -> torch.Tensor:
     return pairs.squeeze(1) == 1
 
 
-class SubsamplingBlock(nn.Module):
+class SubsamplingBlock(ConformerBlock):
     """A conformer block that halves the frame rate.
 
     The first half-step FFN and the attention run at the input rate; the conv module's
@@ -143,12 +137,7 @@ class SubsamplingBlock(nn.Module):
     """
 
     def __init__(self, config: ConformerConfig):
-        super().__init__()
-        self.ff1 = ConformerFeedForward(config)
-        self.attn = ConformerAttention(config)
-        self.conv = ConformerConvModule(config, stride=2)
-        self.ff2 = ConformerFeedForward(config)
-        self.post_ln = nn.LayerNorm(config.emb_dim, eps=config.norm_eps)
+        super().__init__(config, stride=2)
 
     def forward(
         self, x: torch.Tensor, frame_mask: torch.Tensor, attention_dists: torch.Tensor
@@ -211,6 +200,16 @@ class GraniteSpeech5(nn.Module):
         self.config.check()
         self.encoder = GraniteSpeech5Encoder(self.config)
         self.head = nn.Linear(self.config.emb_dim, self.config.src_vocab_size)
+
+    @property
+    def device(self) -> torch.device:
+        """The CTC head's device."""
+        return self.head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The CTC head's dtype."""
+        return self.head.weight.dtype
 
     @classmethod
     def from_config(cls, config: GraniteSpeech5Config) -> "GraniteSpeech5":
