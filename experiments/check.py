@@ -44,7 +44,7 @@ def measure(run: dict, args, device: torch.device) -> dict[str, dict]:
         modes = modes_for(hf, fm, device)
         w = make_workload(fm, audio_s, batch, s["new_tokens"])
         tasks = {}
-        for mode in (*OTHERS, best_compiled(device.type)):
+        for mode in (*OTHERS, best_compiled(device)):
             e2e, _ = modes[mode](w, {"e2e": reps})
             e2e()  # compiles; round_robin's warm-up call is the second, as in latency
             tasks[mode] = harness.Task(e2e, reps)
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     run = harness.Run("check", scope, args, model=model_note(args.model, harness.dtype_of(args)))
     run.threads_from = "--threads" if chosen else "the committed run's"
     summaries = measure(old, args, device)
-    new = speedups(summaries, best_compiled(device.type))
+    new = speedups(summaries, best_compiled(device))
     rows = compare(old["evidence"], new)
     written = run.write(
         rows=[{"mode": m, **s} for m, s in summaries.items()],

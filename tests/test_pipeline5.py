@@ -153,6 +153,7 @@ def test_cli_transcribes_a_folder_into_every_format(ckpt5, clips, tmp_path):
         (["--keyword", "granite"], "keywords"),
         (["--max_new_tokens", "8"], "max_new_tokens"),
         (["--quantize", "int8"], "--quantize"),
+        (["--compile_regional"], "--compile: Granite Speech 5.0 (CTC) does not support"),
     ],
 )
 def test_cli_refuses_options_that_do_not_apply(ckpt5, clips, tmp_path, capsys, extra, match):

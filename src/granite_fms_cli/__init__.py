@@ -75,6 +75,7 @@ def _model_flags(compile_switch: bool) -> argparse.ArgumentParser:
     else:
         group.add_argument("--compile", nargs=0, action=_NotForEval, help=argparse.SUPPRESS)
     group.add_argument("--compile_mode", help="torch.compile mode of the decode step (default: reduce-overhead on CUDA, else none)")
+    group.add_argument("--compile_regional", action="store_true", help="compile each conformer block and decoder layer once (CompileConfig(regional=True)): a shorter cold compile, the steady state measured in the guidelines (GS-9); implies --compile")
     group.add_argument("--compile_backend", default="inductor", help="torch.compile backend (default inductor; aot_eager or eager to debug the graphs)")
     group.add_argument("--compile_cache", metavar="FILE", help="an artifact of `granite-fms compile` to start warm from (implies --compile; made with another torch, triton or device: a warning, then a compile)")
     return flags

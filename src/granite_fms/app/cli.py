@@ -304,7 +304,7 @@ def load_pipeline(args: argparse.Namespace, device: str) -> SpeechPipeline | CTC
         raise UsageError("--quantize int8 is for the LLM of Granite Speech 3.x/4.x")
     if args.quantize:
         pipe.quantize(args.quantize)
-    if getattr(args, "compile", False) or args.compile_cache:
+    if getattr(args, "compile", False) or args.compile_cache or args.compile_regional:
         _compile(pipe, args)
     return pipe
 
@@ -314,13 +314,14 @@ def _compile(pipe: SpeechPipeline | CTCPipeline, args: argparse.Namespace) -> No
     config = CompileConfig(
         backend=args.compile_backend,
         mode=args.compile_mode,
+        regional=args.compile_regional,
         cache=args.compile_cache,
         quantize=args.quantize,
     )
     try:
         pipe.compile(config)
     except (ValueError, OSError) as e:
-        raise UsageError(f"--compile_cache: {e}") from e
+        raise UsageError(f"{'--compile_cache' if config.cache else '--compile'}: {e}") from e
 
 
 def _check_context(pipe: SpeechPipeline | CTCPipeline, request: Request) -> None:
