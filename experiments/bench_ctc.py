@@ -228,14 +228,13 @@ def census(fm, batches) -> tuple[dict, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    device = harness.device_of(args)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    device, dtype = harness.device_of(args), harness.dtype_of(args)
     batches = QUICK_BATCHES if args.quick else BATCHES
     census_batches = QUICK_CENSUS_BATCHES if args.quick else CENSUS_BATCHES
     scope = harness.scope_of(device, "tiny" if args.model == "tiny-ctc" else args.model)
     weights = "built-in tiny-ctc variant" if args.model == "tiny-ctc" else args.model
     run = harness.Run(
-        "bench_ctc", scope, args, model=f"{weights} (random weights, {str(dtype)[6:]})"
+        "bench_ctc", scope, args, model=f"{weights} (random weights, {harness.dtype_name(dtype)})"
     )
     # Expected seconds (measured on this 2-core machine under other jobs' load): the first
     # batch of one row and the first of more each compile a graph with Inductor.
