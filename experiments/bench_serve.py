@@ -3,7 +3,7 @@
     python -m experiments.bench_serve [--quick] [--seconds 30] [--threads 1]
     python -m experiments.bench_serve --device cuda --variant 3.3-2b --compile
 
-Starts `granite-fms serve` (default: the built-in `tiny` variant, random weights, fp32, eager)
+Starts `granite-fms serve` (default: the built-in `tiny` variant, random weights, --dtype, eager)
 with `--max_batch_size 32` in a subprocess on a free loopback port. At each concurrency, that
 many client threads post the espeak-ng fixture clips (1.2, 2.4 and 4.5 s, in turn) with plain
 httpx for `--seconds`; a request sent before the end is answered. Per concurrency: throughput
@@ -51,7 +51,9 @@ def start_server(args, log: Path) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     command = [sys.executable, "-m", "granite_fms_cli", "serve", "--variant", args.variant]
-    command += ["--device_type", harness.device_of(args).type, "--port", str(port)]
+    dtype = {"float32": "fp32", "bfloat16": "bf16"}[harness.dtype_name(harness.dtype_of(args))]
+    command += ["--device_type", harness.device_of(args).type, "--default_dtype", dtype]
+    command += ["--port", str(port)]
     command += ["--max_batch_size", str(MAX_BATCH), *(["--compile"] if args.compile else [])]
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=out, env=env)
@@ -153,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         args.seconds = 5.0
     device = harness.device_of(args)
     mode = "compiled" if args.compile else "eager"
-    model = f"{args.variant} (random weights, word_tokenizer), fp32, {mode}, served"
+    dtype = harness.dtype_name(harness.dtype_of(args))
+    model = f"{args.variant} (random weights, word_tokenizer), {dtype}, {mode}, served"
     run = harness.Run("bench_serve", harness.scope_of(device, args.variant), args, model=model)
     progress = harness.Progress(
         "bench_serve", {"start": 20, **{f"c{c}": args.seconds + 10 for c in CONCURRENCY}}
