@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx2 as httpx
 import numpy as np
 import soundfile as sf
+import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from experiments import harness
@@ -42,7 +43,7 @@ DATA = harness.REPO / "tests" / "data"
 HEADLINE = ["throughput_c1", "throughput_c32", "mean_batch_c32", "p50_s_c32", "load_max"]
 
 
-def start_server(args, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(args, dtype: torch.dtype, log: Path) -> tuple[subprocess.Popen, str]:
     """`granite-fms serve` on a free loopback port; returns once /health answers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -51,8 +52,8 @@ def start_server(args, log: Path) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     command = [sys.executable, "-m", "granite_fms_cli", "serve", "--variant", args.variant]
-    dtype = {"float32": "fp32", "bfloat16": "bf16"}[harness.dtype_name(harness.dtype_of(args))]
-    command += ["--device_type", harness.device_of(args).type, "--default_dtype", dtype]
+    command += ["--device_type", harness.device_of(args).type]
+    command += ["--default_dtype", harness.cli_dtype(dtype)]
     command += ["--port", str(port)]
     command += ["--max_batch_size", str(MAX_BATCH), *(["--compile"] if args.compile else [])]
     with log.open("w") as out:
@@ -155,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         args.seconds = 5.0
     device = harness.device_of(args)
     mode = "compiled" if args.compile else "eager"
-    dtype = harness.dtype_name(harness.dtype_of(args))
-    model = f"{args.variant} (random weights, word_tokenizer), {dtype}, {mode}, served"
+    dtype = harness.dtype_of(args)
+    model = f"{args.variant} (random weights, word_tokenizer), {harness.dtype_name(dtype)}, "
+    model += f"{mode}, served"
     run = harness.Run("bench_serve", harness.scope_of(device, args.variant), args, model=model)
     progress = harness.Progress(
         "bench_serve", {"start": 20, **{f"c{c}": args.seconds + 10 for c in CONCURRENCY}}
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     clips = [(n, (DATA / n).read_bytes(), sf.info(DATA / n).duration) for n in CLIPS]
     name = f"granite-speech-{args.variant}"
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
-        process, url = start_server(args, Path(tmp) / "server.log")
+        process, url = start_server(args, dtype, Path(tmp) / "server.log")
         try:
             warm(url, name, clips)
             progress.done("start")

@@ -258,7 +258,8 @@ def evidence_of(rows: list[dict], default_limit: int, sweep_calls: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args, dtype, run, default_limit, hits = graphs.start("census", __doc__, argv)
-    hf, fm, inputs = graphs.census_models(args.quick, dtype)
+    hf, fm = graphs.census_models(dtype)
+    inputs = graphs.census_inputs(fm, args.quick, dtype)
     regions = hf_regions(hf) + fms_regions(fm)
     if args.quick:
         regions = [r for r in regions if r.region in QUICK_REGIONS]

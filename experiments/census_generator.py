@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     from granite_fms.inference.generation import BucketPolicy
 
     args, dtype, run, default_limit, hits = graphs.start("census_generator", __doc__, argv)
-    _, fm, _ = graphs.census_models(args.quick, dtype)
+    _, fm = graphs.census_models(dtype)
     gen = torch.Generator().manual_seed(0)
     inputs = {
         part: [(graphs.make_inputs(r, fm, gen, dtype), beams) for r, beams in reqs]

@@ -91,9 +91,8 @@ def make_inputs(request: Request, fm, gen: torch.Generator, dtype: torch.dtype) 
     return Inputs(features.to(dtype), frame_mask, proj_mask, torch.tensor(ids), counts)
 
 
-def census_models(quick: bool, dtype: torch.dtype = torch.float32):
-    """(HF model, FMS model, {sweep name: [Inputs]}): the checkpoint and the requests, the
-    models and features in `dtype`."""
+def census_models(dtype: torch.dtype = torch.float32):
+    """(HF model, FMS model): the census checkpoint, LoRA on, in `dtype`."""
     import granite_fms
     from granite_fms.testing import save_hf_checkpoint, tiny_hf_config
 
@@ -103,11 +102,15 @@ def census_models(quick: bool, dtype: torch.dtype = torch.float32):
         fm = granite_fms.load_model(tmp, dtype=dtype)
     hf.enable_adapters()
     fm.set_adapter("on")
+    return hf, fm
+
+
+def census_inputs(fm, quick: bool, dtype: torch.dtype) -> dict[str, list[Inputs]]:
+    """{sweep name: [Inputs]}, the features in `dtype`."""
     gen = torch.Generator().manual_seed(0)
-    inputs = {
+    return {
         name: [make_inputs(r, fm, gen, dtype) for r in reqs] for name, reqs in sweeps(quick).items()
     }
-    return hf, fm, inputs
 
 
 def describe(quick: bool) -> dict:

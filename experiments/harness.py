@@ -127,6 +127,13 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def cli_dtype(dtype: torch.dtype) -> str:
+    """`dtype` as `granite-fms --default_dtype` names it."""
+    from granite_fms.app.cli import DTYPES as CLI_DTYPES
+
+    return {v: k for k, v in CLI_DTYPES.items()}[dtype]
+
+
 def compile_cache(args: argparse.Namespace, fresh: Path) -> None:
     """Point Inductor's cache at --compile-cache, else at `fresh` (an empty directory)."""
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(args.compile_cache or fresh)

@@ -37,7 +37,6 @@ import torch
 from experiments import harness
 
 MODEL = "tiny (built-in default variant, random weights, word_tokenizer), {dtype}, eager"
-CLI_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16"}  # granite-fms --default_dtype
 
 
 def batching(pipe, wave: torch.Tensor, rate: int, reps: int) -> tuple[list[dict], dict]:
@@ -95,7 +94,7 @@ def cli_run(wave: torch.Tensor, rate: int, clips: list[Path], tmp: Path, dtype) 
         shutil.copy(clip, folder / clip.name)
     out = tmp / "rows.jsonl"
     argv = ["transcribe", str(folder), "--variant", "tiny", "--device_type", "cpu"]
-    argv += ["--default_dtype", CLI_DTYPES[dtype]]
+    argv += ["--default_dtype", harness.cli_dtype(dtype)]
     argv += ["--output_format", "jsonl", "--output", str(out), "--no-verbose"]
     start = time.perf_counter()
     if (code := granite_fms_cli.main(argv)) != 0:
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.repeats, args.reps = 2, 1  # two windows: the least that batching changes
     dtype = harness.dtype_of(args)
-    run = harness.Run("longform", "cpu", args, model=MODEL.format(dtype=CLI_DTYPES[dtype]))
+    run = harness.Run("longform", "cpu", args, model=MODEL.format(dtype=harness.cli_dtype(dtype)))
     sys.path.insert(0, str(harness.REPO / "tests"))  # the fixture recordings and their helper
     from granite_fms.app.demo import random_pipeline
     from helpers import DATA, RATE, SENTENCES, long_recording
