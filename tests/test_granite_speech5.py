@@ -19,7 +19,11 @@ import granite_fms
 from granite_fms.audio.features import load_audio
 from granite_fms.audio.features5 import CTCFeatures, GraniteSpeech5FeatureExtractor
 from granite_fms.inference.ctc import CTCDecoder, collapse, decode_texts
-from granite_fms.models.granite_speech5 import GraniteSpeech5, GraniteSpeech5Config
+from granite_fms.models.granite_speech5 import (
+    GraniteSpeech5,
+    GraniteSpeech5Config,
+    hf_to_fms_name,
+)
 from granite_fms.testing import save_hf5_checkpoint, tiny_hf5_config
 from helpers import DATA, SENTENCES, rel_err
 
@@ -191,6 +195,23 @@ def test_get_model_hf_pretrained_builds_the_same_model(pair5, ckpt5):
     x = torch.randn(2, 30, fm.config.input_dim)
     with torch.no_grad():
         assert torch.equal(model.eval()(x), fm(x))
+
+
+def test_bf16_keeps_batch_norm_in_fp32_as_transformers_does(ckpt5):
+    hf = transformers.GraniteSpeech5ForCTC.from_pretrained(ckpt5, dtype=torch.bfloat16).eval()
+    fm = granite_fms.load_model(ckpt5, dtype=torch.bfloat16)
+
+    def fp32(module: torch.nn.Module) -> set[str]:
+        named = [*module.named_parameters(), *module.named_buffers()]
+        return {n for n, t in named if t.dtype == torch.float32 and "batches_tracked" not in n}
+
+    expected = {hf_to_fms_name(n) for n in fp32(hf)}
+    assert expected and all(".batch_norm." in n for n in expected)
+    assert fp32(fm) == expected
+    x = torch.randn(1, 40, fm.config.input_dim).to(torch.bfloat16)
+    with torch.no_grad():
+        ref, out = hf(input_features=x).logits, fm(x)
+    assert out.dtype == torch.bfloat16 and rel_err(out.float(), ref.float()) < 0.05
 
 
 def test_untied_head_loads(tmp_path):

@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "granite_speech5_ctc"
 HF_ARCHITECTURE = "GraniteSpeech5ForCTC"
+# transformers keeps the conv modules' BatchNorm in fp32 when it loads in fp16 or bf16
+# (`_keep_in_fp32_modules_strict`); so does `load_model`.
+KEEP_FP32 = ".conv.norm."
 
 
 def is_granite_speech5(model_dir: str | Path) -> bool:
@@ -117,8 +120,9 @@ def load_model(
     """Load a Granite Speech 5.0 checkpoint directory into `GraniteSpeech5` (eval mode).
 
     Reads config.json and the weights named by the safetensors index (or `model.safetensors`);
-    `dtype=None` keeps the checkpoint's dtype. Missing, extra or misshapen tensors are a
-    ValueError naming the file they came from.
+    `dtype=None` keeps the checkpoint's dtype; in fp16 or bf16 the BatchNorms stay fp32, as
+    transformers loads them. Missing, extra or misshapen tensors are a ValueError naming the
+    file they came from.
     """
     model_dir = Path(model_dir)
     config = fms_config_from_hf(read_hf_config(model_dir))
@@ -130,8 +134,7 @@ def load_model(
             for key in f.keys():
                 if key in raw:
                     raise ValueError(f"tensor {key!r} is in more than one of {files}")
-                t = f.get_tensor(key)
-                raw[key] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+                raw[key] = _cast(key, f.get_tensor(key), dtype)
                 origin.setdefault(hf_to_fms_name(key), []).append(f"{path.name}:{key}")
     state = serialization.get_adapted(
         ARCHITECTURE, "hf", raw, {"model_config": config, "origin": origin}
@@ -150,6 +153,14 @@ def load_model(
     model.load_state_dict(state, strict=False, assign=True)
     model.post_init()
     return model.eval()
+
+
+def _cast(key: str, t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    if dtype is None or not t.is_floating_point():
+        return t
+    if KEEP_FP32 in key and dtype in (torch.float16, torch.bfloat16):
+        return t.to(torch.float32)
+    return t.to(dtype)
 
 
 __all__ = [
