@@ -31,31 +31,13 @@ UNSEEN = [
     (
         "3.3",
         dict(
-            encoder_config=dict(
-                hidden_dim=48,
-                num_layers=3,
-                num_heads=3,
-                dim_head=8,
-                output_dim=7,
-                context_size=12,
-                max_pos_emb=20,
-                conv_kernel_size=4,
-            ),
-            projector_config=dict(
-                hidden_size=24,
-                encoder_hidden_size=48,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                intermediate_size=40,
-            ),
-            text_config=dict(
-                hidden_size=48,
-                intermediate_size=80,
-                num_hidden_layers=3,
-                num_attention_heads=6,
-                num_key_value_heads=3,
-                vocab_size=90,
-            ),
+            encoder_config=dict(hidden_dim=48, num_layers=3, num_heads=3, dim_head=8,
+                                output_dim=7, context_size=12, max_pos_emb=20,
+                                conv_kernel_size=4),
+            projector_config=dict(hidden_size=24, encoder_hidden_size=48, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=40),
+            text_config=dict(hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+                             num_attention_heads=6, num_key_value_heads=3, vocab_size=90),
             audio_token_index=89,
             window_size=10,
             downsample_rate=2,
@@ -64,17 +46,12 @@ UNSEEN = [
     (
         "4.x",
         dict(
-            text_config=dict(
-                hidden_size=40,
-                num_attention_heads=5,
-                num_key_value_heads=1,
-                vocab_size=150,
-                rope_theta=5e5,
-            ),
+            text_config=dict(hidden_size=40, num_attention_heads=5, num_key_value_heads=1,
+                             vocab_size=150, rope_theta=5e5),
             audio_token_index=149,
         ),
     ),
-]
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("style,overrides", UNSEEN, ids=["3.3-unseen", "4.x-unseen"])

@@ -40,6 +40,9 @@ OTHERS = {  # script -> its own arguments; census last (it turns Inductor's cach
     "compile_cost": ("--device", "cpu", "--parts", "model", "encoder"),  # warm: the suite's
     "longform": (),
     "census_generator": (),
+    "bench_ctc": (),
+    "bench_serve": (),
+    "check": ("--against", "{suite}/latency/cpu.json"),  # the suite's first part
     "census": (),
 }
 PARITY = ("parity", "--quick", "--threads", "1", "--configs", "tiny-3.3")  # every dtype itself
@@ -65,6 +68,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[int, str, Path]]:
     suite += ["--out", str(suite_out)]
     worker = [sys.executable, str(REPO / "tests" / "experiments_worker.py")]
     for name, args in OTHERS.items():
+        args = [a.format(suite=suite_out) for a in args]
         worker += [name, *args, *COMMON, *shared, "--out", str(out), "--"]
     worker += [*PARITY, *shared, "--out", str(out)]
     with ThreadPoolExecutor(2) as pool:
@@ -218,3 +222,37 @@ def test_parity_quick(runs):
     r = run_file(runs, "parity")
     assert r["passed"] is True
     assert {row["dtype"] for row in r["rows"]} == {"fp32", "bf16", "fp64"}
+
+
+def test_bench_ctc_in_bf16(runs):
+    r = run_file(runs, "bench_ctc")
+    ev = r["evidence"]
+    assert positive(ev["rtfx_fms_compiled_b2"], ev["rtfx_hf_eager_b2"])
+    assert ev["census_graph_breaks"] == 0 and ev["census_graphs_second"] == 0
+    # bf16 rounding flips some frames of a random model (transformers' own bf16 text is about
+    # 6% of characters from its fp32 one); a wrong cast or mask gives another text altogether
+    assert {row["mode"]: row["cer_vs_hf"] == 0 for row in r["rows"]}["hf_eager"]
+    assert ev["max_cer_vs_hf_b2"] < 0.25
+
+
+def test_bench_serve_in_bf16(runs):
+    r = run_file(runs, "bench_serve")
+    assert "bfloat16" in r["model"]
+    for row in r["rows"]:
+        assert row["errors"] == 0 and row["requests"] > 0, row
+        assert positive(row["throughput_audio_s_per_s"], row["mean_batch_size"])
+
+
+def test_check_against_the_suites_latency_run(runs):
+    """The reproducibility check re-measures the quick latency run's headline ratios; under a
+    test's load the verdict may be any of agree (0), drift (1) or inconclusive (3)."""
+    code, log, out = runs["check"]
+    assert code in (0, 1, 3), f"check exited with {code}:\n{log}"
+    r = json.loads((out / "check" / "cpu.json").read_text())
+    assert r["against"].endswith("latency/cpu.json") and r["dtype"] == "bfloat16"
+    assert {c["ratio"] for c in r["comparison"]} == {
+        "e2e_speedup_vs_hf_eager",
+        "e2e_speedup_vs_hf_compiled",
+    }
+    assert all(positive(c["committed"], c["now"]) for c in r["comparison"])
+    assert re.search(r"^check: (agrees|DRIFT|INCONCLUSIVE)", log, flags=re.M), log
