@@ -26,7 +26,6 @@ specialises (`specialisation`: a size where it is 1, and 16 rows on CPU).
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -253,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = harness.Progress("bench_ctc", steps)
     torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory(prefix="bench_ctc-") as tmp:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")  # compiles are cold
+        harness.compile_cache(args, Path(tmp) / "inductor")  # default: cold compiles
         hf, fm, tokenizer = build(args.model, device, dtype, Path(tmp))
         progress.done("models")
         rows, ev = throughput(hf, fm, tokenizer, device, batches, progress)

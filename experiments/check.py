@@ -17,7 +17,6 @@ either run is flagged, whatever the ratios say. Writes its own run file to scrat
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -39,7 +38,7 @@ def measure(run: dict, args, device: torch.device) -> dict[str, dict]:
     dtype = harness.dtype_of(args)
     torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory(prefix="check-") as tmp:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")
+        harness.compile_cache(args, Path(tmp) / "inductor")  # default: cold compiles
         hf, fm = build_models(args.model, device, dtype, Path(tmp))
         modes = modes_for(hf, fm, device)
         w = make_workload(fm, audio_s, batch, s["new_tokens"])
