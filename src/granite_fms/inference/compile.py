@@ -50,7 +50,6 @@ from typing import Any
 
 import torch
 import torch.fx.experimental._config as fx_config
-from torch._dynamo.package import DynamoCache
 from torch._dynamo.utils import counters
 from torch._inductor.runtime.cache_dir_utils import cache_dir
 
@@ -60,6 +59,12 @@ logger = logging.getLogger(__name__)
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 ARTIFACT_FORMAT = "granite-fms compiled artifact 2"
+# Dynamo's saved output (`caching_precompile`, and the name counter `_past_loaded_names`
+# moves: torch 2.14). Without them an artifact holds Inductor's caches only, and a process
+# that loads it traces each region again.
+PRECOMPILE = hasattr(torch._dynamo.config, "caching_precompile") and hasattr(
+    torch._dynamo.bytecode_transformation, "_unique_id_counter"
+)
 
 # The tensors of one call and the dimensions of each that are symbolic.
 Dims = Callable[..., Iterable[tuple[torch.Tensor, tuple[int, ...]]]]
@@ -155,7 +160,10 @@ class Region:
         self.compiles, self.seconds = 0, 0.0
         self._shapes = ""
         self._started: float | None = None
-        self._precompile = compiled and config.backend == "inductor"
+        # Not under CUDA graphs: Dynamo's saved output was only tried without them (on a CPU).
+        self._precompile = (
+            PRECOMPILE and compiled and config.backend == "inductor" and mode != "reduce-overhead"
+        )
         options = dict(fullgraph=True, dynamic=False, backend=config.backend, mode=mode)
         hits = counters["dynamo_cache"]["dynamo_cache_hit"]
         with precompiling(self._precompile):
@@ -303,9 +311,12 @@ def save_artifact(
     portable cache leaves them out, and building them is most of a cold compile (on a GPU the
     Triton kernels are inside it).
     """
-    with precompiling(config.backend == "inductor"):
+    with precompiling(PRECOMPILE and config.backend == "inductor"):
         saved = torch.compiler.save_cache_artifacts()
-    DynamoCache.clear()  # written locally too: they belong to the artifact, loaded with it
+    if PRECOMPILE:
+        from torch._dynamo.package import DynamoCache
+
+        DynamoCache.clear()  # written locally too: they belong to the artifact, loaded with it
     if saved is None:
         raise RuntimeError(
             "nothing to save: no graph was compiled with Inductor's caches in this process "
