@@ -160,10 +160,10 @@ class Region:
         self.compiles, self.seconds = 0, 0.0
         self._shapes = ""
         self._started: float | None = None
-        # Not under CUDA graphs: Dynamo's saved output was only tried without them (on a CPU).
-        self._precompile = (
-            PRECOMPILE and compiled and config.backend == "inductor" and mode != "reduce-overhead"
-        )
+        # Not in the modes with CUDA graphs: Dynamo's saved output was tried without them only.
+        no_cuda_graphs = mode in (None, "default", "max-autotune-no-cudagraphs")
+        self._precompile = PRECOMPILE and compiled and config.backend == "inductor"
+        self._precompile = self._precompile and no_cuda_graphs
         options = dict(fullgraph=True, dynamic=False, backend=config.backend, mode=mode)
         hits = counters["dynamo_cache"]["dynamo_cache_hit"]
         with precompiling(self._precompile):
