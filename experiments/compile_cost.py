@@ -17,7 +17,8 @@ static shapes, symbolic shapes and regional compilation, and what the steady sta
 3. `warm`: warm start, the same three configurations: a process compiles cold, runs the first
    request and saves the artifact (`SpeechPipeline.save_compiled`'s file); a fresh process with
    an empty Inductor cache loads it (`compile(cache=...)`) and runs the same request:
-   first-request and process times, Inductor's cache hits and misses, the same tokens or not.
+   first-request and process times, the regions whose Dynamo output loaded, the graphs Dynamo
+   traced, Inductor's cache hits and misses, the same tokens or not.
    (Its processes ignore --compile-cache: each starts from an empty cache.)
 
 All in `--dtype` on `--device` (defaults: fp32 on a CPU, bf16 on a GPU). --quick: batch sizes
@@ -206,6 +207,8 @@ def child(role: str, config: str, tmp: str, model: str, device: str, dtype: str,
                 "process_s": time.perf_counter() - start,
                 "tokens": tokens,
                 "graphs": sum(pipe.generator.compiles.values()),
+                "traced": counters["stats"]["unique_graphs"],
+                "dynamo_loaded": counters["dynamo_cache"]["dynamo_cache_hit"],
                 "inductor": {k: v for k, v in counters["inductor"].items() if "cache" in k},
                 "aot_autograd": {k: v for k, v in counters["aot_autograd"].items()},
                 "artifact_mb": artifact.stat().st_size / 2**20 if artifact.exists() else None,
@@ -281,6 +284,8 @@ def evidence(short: str, parts: dict) -> dict:
                 f"cold_process_s_{config}": cold["process_s"],
                 f"warm_process_s_{config}": run["process_s"],
                 f"warm_same_tokens_{config}": run["tokens"] == cold["tokens"],
+                f"warm_dynamo_loaded_{config}": run["dynamo_loaded"],
+                f"warm_traced_graphs_{config}": run["traced"],
                 f"warm_fxgraph_cache_miss_{config}": run["inductor"].get("fxgraph_cache_miss", 0),
                 f"warm_fxgraph_cache_hit_{config}": run["inductor"].get("fxgraph_cache_hit", 0),
                 f"artifact_mb_{config}": cold["artifact_mb"],

@@ -1,5 +1,5 @@
 """Compile once, ship the result: `granite-fms compile` writes one artifact, a fresh process
-loads it (`SpeechPipeline.compile(cache=...)`) and compiles nothing; an artifact made for
+loads it (`SpeechPipeline.compile(cache=...)`) and neither traces nor compiles; an artifact made for
 another setup is a warning and a compile, a file that is not one a clear error."""
 
 import json
@@ -20,7 +20,7 @@ from helpers import DATA
 
 ROOT = Path(__file__).resolve().parent.parent
 # A fresh process: loads the artifact into an empty Inductor cache, transcribes compiled and
-# eagerly, and reports Inductor's cache counters and the kernel libraries it built.
+# eagerly, and reports Dynamo's and Inductor's counters and the kernel libraries it built.
 LOAD = """
 import json, sys
 from pathlib import Path
@@ -38,7 +38,9 @@ compiled = pipe.transcribe(clip, max_new_tokens=4)
 built = set(Path(cache_dir()).glob("??/*.so")) - before - loaded
 print(json.dumps({"eager": eager, "compiled": compiled, "graphs": pipe.generator.compiles,
                   "inductor": dict(counters["inductor"]), "loaded": len(loaded),
-                  "built": len(built)}))
+                  "built": len(built), "dynamo_cache": dict(counters["dynamo_cache"]),
+                  "traced": counters["stats"]["unique_graphs"],
+                  "from_artifact": [n for n, r in pipe.generator.regions.items() if r.loaded]}))
 """
 
 
@@ -49,7 +51,8 @@ def _env(cache: Path) -> dict:
 
 def test_artifact_round_trip_in_a_fresh_process(dirs, tmp_path):
     """`granite-fms compile` (its own process, Inductor), then a fresh process with an empty
-    Inductor cache: every graph a cache hit, no kernel built, eager's text."""
+    Inductor cache: every region that compiled loads Dynamo's output, nothing is traced or
+    compiled, no kernel built, eager's text."""
     model, artifact = str(dirs[1]), tmp_path / "granite.compiled"
     compile_cmd = [sys.executable, "-m", "granite_fms_cli", "compile", "--model_path", model]
     compile_cmd += ["--output", str(artifact), "--batch_sizes", "1", "--audio_seconds", "1.2"]
@@ -70,8 +73,10 @@ def test_artifact_round_trip_in_a_fresh_process(dirs, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["compiled"] == out["eager"]
+    assert out["from_artifact"] == ["encode", "prefill", "decode"]  # greedy: no reorder
+    assert out["dynamo_cache"].get("dynamo_cache_hit") == 3
+    assert out["traced"] == sum(out["graphs"].values()) == 0
     assert out["inductor"].get("fxgraph_cache_miss", 0) == 0
-    assert out["inductor"]["fxgraph_cache_hit"] == sum(out["graphs"].values()) == 3
     assert out["loaded"] > 0 and out["built"] == 0
 
 
@@ -107,7 +112,7 @@ def test_artifact_for_another_setup_warns_and_compiles(pair_33, tmp_path, caplog
     "content, match",
     [
         (b"not a zip file", "is not a granite-fms compile artifact"),
-        (None, "is not a 'granite-fms compiled artifact 1' \\(format: 'something else'\\)"),
+        (None, "is not a 'granite-fms compiled artifact 2' \\(format: 'something else'\\)"),
     ],
 )
 def test_a_file_that_is_no_artifact_is_a_clear_error(pair_33, tmp_path, content, match):

@@ -16,11 +16,19 @@ Each compile is logged when it starts and when it ends, with its region, shapes 
 
 The artifact is PyTorch's portable cache ("Mega-Cache": `torch.compiler.save_cache_artifacts`)
 of everything Inductor generated in this process, with a header recording the torch, triton,
-Python and device it was made with and the model and compile settings it belongs to. Loading
-it fills Inductor's local caches, so the first compile of each graph in the new process is a
-cache hit: Dynamo still traces, nothing is generated or built. A header that does not match
-the running process is logged as a warning and the artifact skipped (the graphs compile as
-without it).
+Python and device it was made with and the model and compile settings it belongs to. With
+Inductor it also holds Dynamo's output (`torch._dynamo.config.caching_precompile`: each
+region's bytecode and guards), so a region of the new process that was compiled before is not
+traced: its graphs load when it is compiled. A region that meets a shape its loaded graphs do
+not cover is compiled as without the artifact (from Inductor's caches where they hold it). A
+header that does not match the running process is logged as a warning and the artifact skipped
+(the graphs compile as without it).
+
+Dynamo's saved guards require the inputs of a loaded graph to carry no dimension marks
+(`mark_dynamic` sets attributes on a tensor that its saved guards do not record), so a loaded
+region marks nothing until it compiles once more. Loaded guards drop identity checks (on
+modules and functions: `caching_precompile`'s rule): a loaded graph trusts that the model's
+code is the one it was made with, which the header's model key and torch version stand for.
 """
 
 from __future__ import annotations
@@ -30,16 +38,19 @@ import importlib.metadata
 import json
 import logging
 import platform
+import re
+import sys
 import time
 import zipfile
-from collections.abc import Callable, Iterable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.fx.experimental._config as fx_config
+from torch._dynamo.utils import counters
 from torch._inductor.runtime.cache_dir_utils import cache_dir
 
 from granite_fms.inference.quantize import SCHEMES
@@ -47,7 +58,13 @@ from granite_fms.inference.quantize import SCHEMES
 logger = logging.getLogger(__name__)
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-ARTIFACT_FORMAT = "granite-fms compiled artifact 1"
+ARTIFACT_FORMAT = "granite-fms compiled artifact 2"
+# Dynamo's saved output (`caching_precompile`, and the name counter `_past_loaded_names`
+# moves: torch 2.14). Without them an artifact holds Inductor's caches only, and a process
+# that loads it traces each region again.
+PRECOMPILE = hasattr(torch._dynamo.config, "caching_precompile") and hasattr(
+    torch._dynamo.bytecode_transformation, "_unique_id_counter"
+)
 
 # The tensors of one call and the dimensions of each that are symbolic.
 Dims = Callable[..., Iterable[tuple[torch.Tensor, tuple[int, ...]]]]
@@ -123,6 +140,8 @@ class Region:
     dims(*args): the tensors of a call and their symbolic dimensions (None: all static);
         regional, the blocks' own shapes decide (`compile_blocks`).
     limit: Dynamo's `recompile_limit` while the region runs (not for the process).
+    loaded: its graphs came from an artifact (Dynamo's saved output): it marks no sizes until
+        it compiles.
     """
 
     def __init__(
@@ -141,16 +160,26 @@ class Region:
         self.compiles, self.seconds = 0, 0.0
         self._shapes = ""
         self._started: float | None = None
+        # Not in the modes with CUDA graphs: Dynamo's saved output was tried without them only.
+        no_cuda_graphs = mode in (None, "default", "max-autotune-no-cudagraphs")
+        self._precompile = PRECOMPILE and compiled and config.backend == "inductor"
+        self._precompile = self._precompile and no_cuda_graphs
         options = dict(fullgraph=True, dynamic=False, backend=config.backend, mode=mode)
-        self._fn = torch.compile(fn, **options) if compiled else fn
+        hits = counters["dynamo_cache"]["dynamo_cache_hit"]
+        with precompiling(self._precompile):
+            self._fn = torch.compile(fn, **options) if compiled else fn
+        self.loaded = counters["dynamo_cache"]["dynamo_cache_hit"] > hits
+        if self.loaded:
+            _past_loaded_names(fn)
 
     def __call__(self, *args):
-        if self.dims is not None:
+        if self.dims is not None and not self.loaded:
             for tensor, dims in self.dims(*args):
                 for dim in dims:
                     torch._dynamo.maybe_mark_dynamic(tensor, dim)
         self._shapes = describe(args)
         with ExitStack() as stack:
+            stack.enter_context(precompiling(self._precompile))
             stack.enter_context(torch._dynamo.config.patch(recompile_limit=self.limit))
             # Sizes that happen to be equal (8 rows, 8 ...) must not share a symbol: a graph
             # traced so would guard on the equality and compile again when it fails.
@@ -164,6 +193,7 @@ class Region:
 
     def _start(self, event) -> None:
         self._started = time.perf_counter()
+        self.loaded = False  # a shape its loaded graphs do not cover: marks from the next call
         cuda_graph = "CUDAGRAPH" in str(event.callback_trigger)
         what = "recording a CUDA graph of" if cuda_graph else "compiling"
         logger.info("%s %s for %s", what, self.name, self._shapes)
@@ -174,6 +204,41 @@ class Region:
             self.compiles += 1
             self.seconds += seconds
         logger.info("%s for %s took %.1f s", self.name, self._shapes, seconds)
+
+
+class _DroppedGuards(logging.Filter):
+    """Drops Dynamo's warning for each guard `caching_precompile` leaves out (dozens a graph)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "dropped with caching_precompile" not in record.getMessage()
+
+
+@contextmanager
+def precompiling(enabled: bool) -> Iterator[None]:
+    """Dynamo's output recorded for the artifact, and loaded from it, while compiling (when
+    `enabled`: Inductor regions)."""
+    if not enabled:
+        yield
+        return
+    guards, quiet = logging.getLogger("torch._dynamo.guards"), _DroppedGuards()
+    guards.addFilter(quiet)
+    try:
+        with torch._dynamo.config.patch(caching_precompile=True):
+            yield
+    finally:
+        guards.removeFilter(quiet)
+
+
+def _past_loaded_names(fn: Callable) -> None:
+    """Move Dynamo's process-wide name counter past the globals a loaded graph installed in
+    its function's module (named by the process that saved it): a later compile in that module
+    would take one of those names and fail (torch 2.14: `CleanupHook.create` asserts)."""
+    scope = sys.modules[torch._dynamo.eval_frame.innermost_fn(fn).__module__].__dict__
+    pattern = re.compile(r"__builtins_dict___(\d+)")
+    taken = [int(m.group(1)) for name in scope if (m := pattern.fullmatch(name))]
+    counter = torch._dynamo.bytecode_transformation._unique_id_counter
+    while taken and next(counter) < max(taken):
+        pass
 
 
 def describe(args: tuple) -> str:
@@ -241,11 +306,17 @@ def save_artifact(
     """Write what Inductor generated in this process as one artifact file; returns its path.
 
     The file holds PyTorch's portable cache (the graphs' FX graph, AOTAutograd and autotuning
-    entries) and the compiled C++ kernel libraries of Inductor's cache directory written
-    since `since` (a timestamp): on CPU the portable cache leaves them out, and building
-    them is most of a cold compile (on a GPU the Triton kernels are inside it).
+    entries; with Inductor, each region's Dynamo output too) and the compiled C++ kernel
+    libraries of Inductor's cache directory written since `since` (a timestamp): on CPU the
+    portable cache leaves them out, and building them is most of a cold compile (on a GPU the
+    Triton kernels are inside it).
     """
-    saved = torch.compiler.save_cache_artifacts()
+    with precompiling(PRECOMPILE and config.backend == "inductor"):
+        saved = torch.compiler.save_cache_artifacts()
+    if PRECOMPILE:
+        from torch._dynamo.package import DynamoCache
+
+        DynamoCache.clear()  # written locally too: they belong to the artifact, loaded with it
     if saved is None:
         raise RuntimeError(
             "nothing to save: no graph was compiled with Inductor's caches in this process "

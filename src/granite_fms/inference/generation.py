@@ -464,7 +464,8 @@ class Generator:
             self._caches.move_to_end(key)
         else:
             self._caches[key] = cache = allocate_cache(self.model, batch, length)
-            if self.config is not None and self.config.symbolic:
+            symbolic = self.config is not None and self.config.symbolic
+            if symbolic and not self.regions["decode"].loaded:  # loaded graphs take no marks
                 for t in (t for pair in cache for t in pair):  # (rows, kvheads, length, dim)
                     torch._dynamo.maybe_mark_dynamic(t, (0, 2))
             if len(self._caches) > self.max_caches:
