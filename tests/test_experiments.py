@@ -3,7 +3,7 @@
 The code a GPU runs (the dtype casts, every mode and stage, the suite's parts) then runs on
 every commit; only what needs CUDA (CUDA graphs, CUDA timing, kernel profiles) stays behind
 `harness.gpu_only`. Two lanes, one thread each, side by side: the GPU suite (its parts are
-scripts' main()) then `experiments.check` against its latency run, and
+scripts' main()), then `experiments.check` against its latency run and `bench_serve`; and
 tests/experiments_worker.py with every other script's main(). They
 share one Inductor cache (--compile-cache: warm compiles, which smoke runs do not measure);
 the run files go to a temporary directory and each test reads one.
@@ -42,7 +42,6 @@ OTHERS = {  # script -> its own arguments; census last (it turns Inductor's cach
     "longform": (),
     "census_generator": (),
     "bench_ctc": (),
-    "bench_serve": (),
     "census": (),
 }
 PARITY = ("parity", "--quick", "--threads", "1", "--configs", "tiny-3.3")  # every dtype itself
@@ -70,20 +69,22 @@ def runs(tmp_path_factory) -> dict[str, tuple[int, str, Path]]:
     shared = ("--compile-cache", str(tmp_path_factory.mktemp("inductor")))
     suite = [sys.executable, "-m", "experiments.gpu_suite", "--device", "cpu", *COMMON, *shared]
     suite += ["--out", str(suite_out)]
-    # after the suite, the reproducibility check of its latency run
+    # after the suite, the reproducibility check of its latency run, then the server's load
     check = [sys.executable, "-m", "experiments.check", *COMMON, *shared, "--out", str(out)]
     check += ["--against", str(suite_out / "latency" / "cpu.json")]
+    serve = [sys.executable, "-m", "experiments.bench_serve", *COMMON, "--out", str(out)]
     worker = [sys.executable, str(REPO / "tests" / "experiments_worker.py")]
     for name, args in OTHERS.items():
         worker += [name, *args, *COMMON, *shared, "--out", str(out), "--"]
     worker += [*PARITY, *shared, "--out", str(out)]
     with ThreadPoolExecutor(2) as pool:
-        [(code, suite_log), checked], [(_, worker_log)] = pool.map(
-            _lane, [[suite, check], [worker]]
+        [(code, suite_log), checked, served], [(_, worker_log)] = pool.map(
+            _lane, [[suite, check, serve], [worker]]
         )
     (out / "worker.log").write_text(worker_log)  # with the run files, for a failure's story
     result = {"gpu_suite": (code, suite_log[-6000:], suite_out), "worker": (0, worker_log, out)}
     result["check"] = (checked[0], checked[1][-6000:], out)
+    result["bench_serve"] = (served[0], served[1][-6000:], out)
     # the worker's log, cut after each script's `experiments_worker: NAME CODE` line
     parts = re.split(r"^experiments_worker: (\w+) (\d+)$", worker_log, flags=re.M)
     for i in range(1, len(parts) - 1, 3):

@@ -14,7 +14,7 @@ from fms.models import get_model
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from granite_fms import ARCHITECTURE
-from granite_fms.inference.compile import CompileConfig
+from granite_fms.inference.compile import CompileConfig, saves_dynamo_output
 from granite_fms.inference.generation import Generator
 from granite_fms.inference.quantize import quantize_llm
 from helpers import rel_err
@@ -50,6 +50,15 @@ def test_int8_generator_compiles_fullgraph(tiny_pair):
     assert Generator(q, compile=CompileConfig(backend=cnt)).generate(ids, max_new_tokens=4) == eager
     assert cnt.frame_count == 2  # prefill and decode (text only: no audio graph)
     torch._dynamo.reset()
+
+
+def test_int8_regions_keep_dynamo_output_out_of_the_artifact(tiny_pair):
+    """torch 2.14 cannot save Dynamo's output over torchao's int8 weights (`empty_like` on
+    `Int8Tensor`): their regions compile as without `caching_precompile`."""
+    fm, q = tiny_pair
+    assert saves_dynamo_output(fm) and not saves_dynamo_output(q)
+    regions = Generator(q, compile=CompileConfig()).regions.values()
+    assert not any(region._precompile for region in regions)
 
 
 def test_unknown_scheme_is_refused(tiny_pair):

@@ -52,6 +52,7 @@ import torch
 import torch.fx.experimental._config as fx_config
 from torch._dynamo.utils import counters
 from torch._inductor.runtime.cache_dir_utils import cache_dir
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from granite_fms.inference.quantize import SCHEMES
 
@@ -140,6 +141,7 @@ class Region:
     dims(*args): the tensors of a call and their symbolic dimensions (None: all static);
         regional, the blocks' own shapes decide (`compile_blocks`).
     limit: Dynamo's `recompile_limit` while the region runs (not for the process).
+    precompile: record Dynamo's output for the artifact (`saves_dynamo_output`).
     loaded: its graphs came from an artifact (Dynamo's saved output): it marks no sizes until
         it compiles.
     """
@@ -154,6 +156,7 @@ class Region:
         dims: Dims | None = None,
         mode: str | None = None,
         compiled: bool = True,
+        precompile: bool = True,
     ):
         self.name, self.limit = name, limit
         self.dims = dims or None
@@ -162,8 +165,8 @@ class Region:
         self._started: float | None = None
         # Not in the modes with CUDA graphs: Dynamo's saved output was tried without them only.
         no_cuda_graphs = mode in (None, "default", "max-autotune-no-cudagraphs")
-        self._precompile = PRECOMPILE and compiled and config.backend == "inductor"
-        self._precompile = self._precompile and no_cuda_graphs
+        self._precompile = PRECOMPILE and precompile and compiled and no_cuda_graphs
+        self._precompile = self._precompile and config.backend == "inductor"
         options = dict(fullgraph=True, dynamic=False, backend=config.backend, mode=mode)
         hits = counters["dynamo_cache"]["dynamo_cache_hit"]
         with precompiling(self._precompile):
@@ -227,6 +230,12 @@ def precompiling(enabled: bool) -> Iterator[None]:
             yield
     finally:
         guards.removeFilter(quiet)
+
+
+def saves_dynamo_output(model: torch.nn.Module) -> bool:
+    """Whether Dynamo's output of `model`'s regions can go into an artifact: not with tensor
+    subclass weights (torchao's int8: torch 2.14 fails on their `empty_like`)."""
+    return not any(is_traceable_wrapper_subclass(p) for p in model.parameters())
 
 
 def _past_loaded_names(fn: Callable) -> None:
@@ -429,4 +438,5 @@ __all__ = [
     "load_artifact",
     "read_artifact",
     "save_artifact",
+    "saves_dynamo_output",
 ]

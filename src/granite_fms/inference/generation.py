@@ -50,7 +50,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from granite_fms.audio.features import AudioFeatures
 from granite_fms.audio.processor import check_prompt_ids
 from granite_fms.checks import is_int
-from granite_fms.inference.compile import CompileConfig, Region, compile_blocks, save_artifact
+from granite_fms.inference.compile import (
+    CompileConfig,
+    Region,
+    compile_blocks,
+    save_artifact,
+    saves_dynamo_output,
+)
 from granite_fms.inference.options import GenerationOptions, with_changes
 from granite_fms.models.granite_speech import GraniteSpeech
 
@@ -360,7 +366,8 @@ class Generator:
         mode = config.decode_mode(self.device)
         # A step in CUDA graphs stays one graph: one capture of every layer, not forty.
         cuda_graphs = mode is not None and "reduce-overhead" in mode
-        common = dict(limit=limit, compiled=not config.regional)
+        precompile = saves_dynamo_output(model)
+        common = dict(limit=limit, compiled=not config.regional, precompile=precompile)
         return {
             # The merge stays outside the audio graph: a handful of small ops, and inside it
             # they would depend on the prompt's length too.
@@ -378,9 +385,15 @@ class Generator:
                 mode=mode,
                 limit=limit,
                 compiled=not config.regional or cuda_graphs,
+                precompile=precompile,
             ),
             "reorder": Region(
-                "reorder", steps["reorder"], config, dims=llm and _reorder_dims, limit=limit
+                "reorder",
+                steps["reorder"],
+                config,
+                dims=llm and _reorder_dims,
+                limit=limit,
+                precompile=precompile,
             ),
         }
 
