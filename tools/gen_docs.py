@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import jinja2
@@ -65,15 +66,18 @@ def _value(value) -> str:
     return str(value)
 
 
-def _ratio(value) -> str:
-    """6.15 -> "6.15×"; a "not measured: ..." text stays as it is."""
-    if isinstance(value, Flagged):
-        return f"{float(value):.3g}× (**⚠ {value.note}**)"
-    return (
-        f"{value:.3g}×"
-        if isinstance(value, int | float) and not isinstance(value, bool)
-        else str(value)
-    )
+def _measured(fmt: str) -> Callable[[object], str]:
+    """A filter writing a number with `fmt` ("{:.3g}×": 6.15 -> "6.15×"); a flagged one with
+    its warning; a "not measured: ..." text stays as it is."""
+
+    def written(value) -> str:
+        if isinstance(value, Flagged):
+            return f"{fmt.format(float(value))} (**⚠ {value.note}**)"
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return fmt.format(value)
+        return str(value)
+
+    return written
 
 
 def flag(evidence: dict, runs: dict) -> dict:
@@ -100,7 +104,8 @@ def render_templates(context: dict) -> list[Path]:
         comment_start_string="{##",
         comment_end_string="##}",
     )
-    env.filters["x"] = _ratio
+    env.filters["x"] = _measured("{:.3g}×")
+    env.filters["percent"] = _measured("{:.2%}")
     variables = {**flag(context["evidence"], context["runs"]), "runs": context["runs"]}
     written = []
     for template in sorted(TEMPLATES.glob("*.md")):
