@@ -80,6 +80,9 @@ def _measured(fmt: str) -> Callable[[object], str]:
     return written
 
 
+_ratio, _percent = _measured("{:.3g}×"), _measured("{:.2%}")
+
+
 def flag(evidence: dict, runs: dict) -> dict:
     """The evidence with every measured number (float) of a flagged run made `Flagged`, so no
     page quotes it without the warning."""
@@ -104,8 +107,7 @@ def render_templates(context: dict) -> list[Path]:
         comment_start_string="{##",
         comment_end_string="##}",
     )
-    env.filters["x"] = _measured("{:.3g}×")
-    env.filters["percent"] = _measured("{:.2%}")
+    env.filters["x"], env.filters["percent"] = _ratio, _percent
     variables = {**flag(context["evidence"], context["runs"]), "runs": context["runs"]}
     written = []
     for template in sorted(TEMPLATES.glob("*.md")):
