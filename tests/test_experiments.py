@@ -241,8 +241,9 @@ def test_bench_ctc_in_bf16(runs):
     assert ev["census_graph_breaks"] == 0 and ev["census_graphs_second"] == 0
     # bf16 rounding flips some frames of a random model (transformers' own bf16 text is about
     # 6% of characters from its fp32 one); a wrong cast or mask gives another text altogether
-    assert {row["mode"]: row["cer_vs_hf"] == 0 for row in r["rows"]}["hf_eager"]
-    assert ev["max_cer_vs_hf_b2"] < 0.25
+    cer = {row["mode"]: row["cer_vs_hf"] for row in r["rows"]}
+    assert set(cer) == {"fms_eager", "fms_compiled", "hf_eager"}
+    assert max(cer["fms_eager"], cer["fms_compiled"]) == ev["max_cer_vs_hf_b2"] < 0.25
 
 
 def test_bench_serve_in_bf16(runs):
