@@ -116,6 +116,11 @@ class CompileConfig:
             return "reduce-overhead"
         return self.mode
 
+    @property
+    def precompiles(self) -> bool:
+        """Whether Dynamo's output goes into the artifact (`PRECOMPILE`, with Inductor)."""
+        return PRECOMPILE and self.backend == "inductor"
+
     def settings(self) -> dict[str, Any]:
         """What decides the graphs' code, as JSON (an artifact records it)."""
         if not isinstance(self.backend, str):
@@ -165,8 +170,7 @@ class Region:
         self._started: float | None = None
         # Not in the modes with CUDA graphs: Dynamo's saved output was tried without them only.
         no_cuda_graphs = mode in (None, "default", "max-autotune-no-cudagraphs")
-        self._precompile = PRECOMPILE and precompile and compiled and no_cuda_graphs
-        self._precompile = self._precompile and config.backend == "inductor"
+        self._precompile = config.precompiles and precompile and compiled and no_cuda_graphs
         options = dict(fullgraph=True, dynamic=False, backend=config.backend, mode=mode)
         hits = counters["dynamo_cache"]["dynamo_cache_hit"]
         with precompiling(self._precompile):
@@ -320,7 +324,7 @@ def save_artifact(
     portable cache leaves them out, and building them is most of a cold compile (on a GPU the
     Triton kernels are inside it).
     """
-    with precompiling(PRECOMPILE and config.backend == "inductor"):
+    with precompiling(config.precompiles):
         saved = torch.compiler.save_cache_artifacts()
     if PRECOMPILE:
         from torch._dynamo.package import DynamoCache
